@@ -1,0 +1,3 @@
+from hope.cli import main
+
+main()

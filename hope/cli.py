@@ -1,0 +1,109 @@
+"""The ``hope`` command.
+
+    hope fit --config configs/pretrain/debug.yaml          # pretrain (LightningCLI: fit / validate / test)
+    hope fit --config configs/pretrain/debug.yaml --ckpt_path last      # resume exactly
+    hope validate --config configs/pretrain/debug.yaml --ckpt_path runs/debug/checkpoints/last.ckpt
+    hope config list | show NAME                           # model presets and their documented fields
+
+``fit``/``validate``/``test`` are LightningCLI subcommands over ``HopeLitModule`` and ``TextDataModule``; every
+``__init__`` argument of those classes (and of the Trainer) is a config key, ``--print_config`` dumps them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from jsonargparse import set_docstring_parse_options
+from lightning.pytorch.cli import LightningCLI
+
+from hope.config import PRESETS, ModelConfig
+from hope.data.datamodule import TextDataModule
+from hope.lit.callbacks import ProgressBar
+from hope.lit.checkpoint import AtomicCheckpointIO, ConfigCheckpoint
+from hope.lit.module import HopeLitModule
+
+
+def default_precision() -> str:
+    """bf16-mixed where the GPU supports it, full fp32 on CPU (bf16 autocast on CPU is slow and gains nothing)."""
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+class HopeCLI(LightningCLI):
+    def before_fit(self) -> None:
+        resolved = self.parser.dump(self.config["fit"], skip_none=False)
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ConfigCheckpoint):
+                callback.resolved_config = resolved
+
+    def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        where = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "(none saved)"
+        logs = self.trainer.logger.log_dir if self.trainer.logger is not None else "(no logger)"
+        print(f"[hope] done: {self.trainer.global_step} steps. checkpoint: {where}")
+        print(f"[hope] TensorBoard logs: {logs}  (view with: tensorboard --logdir {Path(logs).parent})")
+
+
+def build_cli(args: Sequence[str] | None = None, run: bool = True) -> HopeCLI:
+    set_docstring_parse_options(attribute_docstrings=True)
+    return HopeCLI(
+        HopeLitModule,
+        TextDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=1234,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "precision": default_precision(),
+            "plugins": [AtomicCheckpointIO()],
+            "callbacks": [ProgressBar(), ConfigCheckpoint(save_last=True)],
+        },
+    )
+
+
+def config_command(args: Sequence[str]) -> None:
+    if not args or args[0] not in ("list", "show"):
+        raise SystemExit("usage: hope config list | hope config show PRESET")
+    if args[0] == "list":
+        for name in sorted(PRESETS):
+            print(name)
+        return
+    if len(args) < 2:
+        raise SystemExit("usage: hope config show PRESET")
+    config = ModelConfig.from_preset(args[1])
+    docs = _field_docs()
+    for f in dataclasses.fields(config):
+        print(f"{f.name}: {getattr(config, f.name)!r}\n    {docs.get(f.name, '')}")
+
+
+def _field_docs() -> dict[str, str]:
+    """Attribute docstrings of ModelConfig (the same text jsonargparse shows as CLI help)."""
+    import ast
+    import inspect
+
+    import hope.config
+
+    tree = ast.parse(inspect.getsource(hope.config.ModelConfig))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "config":
+        config_command(args[1:])
+        return
+    build_cli(args)
+
+
+if __name__ == "__main__":
+    main()

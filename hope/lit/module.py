@@ -1,0 +1,136 @@
+"""The LightningModule: next-token training of a HopeLM with AdamW + warmup/cosine.
+
+Logged to TensorBoard: ``train/loss``, ``train/ppl``, ``train/lr``, ``train/grad_norm`` (before clipping),
+``train/tokens_per_sec`` (all ranks, wall clock between batches, data loading included), ``train/tokens``,
+``val/loss`` and ``val/ppl`` (token-weighted over the whole validation set, reduced across ranks).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from hope.config import ModelConfig
+from hope.lit.checkpoint import load_model_weights
+from hope.lit.optim import OptimConfig, build_optimizer
+from hope.model import HopeLM
+
+
+def next_token_loss(logits_BTV: torch.Tensor, labels_BT: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross entropy in float32 over the (padded) vocabulary; label -100 is ignored."""
+    return F.cross_entropy(logits_BTV.flatten(0, 1).float(), labels_BT.flatten(), ignore_index=-100,
+                           reduction=reduction)
+
+
+class HopeLitModule(L.LightningModule):
+    """Pretrain or validate a HOPE / Titans / Transformer++ language model.
+
+    Args:
+        preset: Name of a model preset (``hope config list`` shows them; ``hope config show NAME`` their fields).
+        overrides: Model config fields to change from the preset, e.g. ``{n_layer: 8, sliding_window: 512}``.
+        optim: Optimizer and learning-rate schedule.
+        init_from: Pretrained weights to start from (a ``.ckpt`` or ``.safetensors``). This initialises the
+            weights only; optimizer, step and data position start fresh. To continue a run, use ``--ckpt_path``.
+    """
+
+    def __init__(
+        self,
+        preset: str = "debug",
+        overrides: dict[str, Any] | None = None,
+        optim: OptimConfig | None = None,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["init_from"])
+        self.config = ModelConfig.from_preset(preset, **(overrides or {}))
+        self.optim = optim if optim is not None else OptimConfig()
+        self.model = HopeLM(self.config)
+        if init_from is not None:
+            load_model_weights(self.model, init_from)
+        self._last_batch_end: float | None = None
+
+    def forward(self, idx_BT: torch.Tensor, state: list | None = None):
+        return self.model(idx_BT, state)
+
+    # -- checks against the data ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.check_fits(self.config.vocab_size)
+        seq_len = getattr(datamodule, "seq_len", None)
+        if seq_len is not None and seq_len > self.config.max_seq_len:
+            raise ValueError(
+                f"data.seq_len={seq_len} is longer than the model supports (max_seq_len={self.config.max_seq_len} "
+                f"for preset {self.config.name!r}); lower data.seq_len or set model.overrides.max_seq_len."
+            )
+
+    def configure_callbacks(self):
+        from hope.data.datamodule import DataPositionCallback
+
+        return [DataPositionCallback()]
+
+    # -- training ---------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits, _ = self.model(batch["input_ids"])
+        loss = next_token_loss(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", loss.detach().exp())
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        tokens = batch["input_ids"].numel() * self.trainer.world_size
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            self.log("train/tokens_per_sec", tokens / (now - self._last_batch_end), prog_bar=True)
+        self._last_batch_end = now
+        self.log("train/tokens", float((self.global_step + 1) * tokens * self.trainer.accumulate_grad_batches))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
+        if norms:  # DeepSpeed ZeRO keeps gradients in its own buffers; then there is nothing to read here
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
+
+    def configure_optimizers(self):
+        total = self.trainer.max_steps
+        if total is None or total < 1:
+            if self.optim.decay_steps is None:
+                raise ValueError("set trainer.max_steps (or model.optim.decay_steps): cosine needs an end.")
+            total = self.optim.decay_steps
+        optimizer, schedule = build_optimizer(self.model, self.optim, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- validation -------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_nll = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits, _ = self.model(batch["input_ids"])
+        self._val_nll += next_token_loss(logits, batch["labels"], reduction="sum").double()
+        self._val_tokens += (batch["labels"] != -100).sum()
+
+    def on_validation_epoch_end(self) -> None:
+        nll = self.trainer.strategy.reduce(self._val_nll, reduce_op="sum")
+        tokens = self.trainer.strategy.reduce(self._val_tokens, reduce_op="sum")
+        loss = (nll / tokens.clamp_min(1)).item()
+        self._last_batch_end = None  # the pause for validation is not training throughput
+        stage = "test" if self.trainer.testing else "val"
+        when = "before training" if self.trainer.sanity_checking else f"step {self.global_step}"
+        self.print(f"[hope] {when}: {stage}_loss {loss:.4f}  {stage}_ppl {math.exp(loss):.2f}  ({int(tokens)} tokens)")
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/ppl", math.exp(loss))
+
+    test_step = validation_step
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_epoch_end = on_validation_epoch_end
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["model_config"] = self.config.to_dict()
