@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from jsonargparse import set_docstring_parse_options
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from hope.config import PRESETS, ModelConfig
 from hope.data.datamodule import TextDataModule
@@ -32,12 +32,25 @@ def default_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
-class HopeCLI(LightningCLI):
-    def before_fit(self) -> None:
-        resolved = self.parser.dump(self.config["fit"], skip_none=False)
-        for callback in self.trainer.checkpoint_callbacks:
+class SaveConfigBesideCheckpoints(SaveConfigCallback):
+    """Writes config.yaml to the log dir (Lightning's behaviour) and hands the same text to every
+    ConfigCheckpoint, which writes it beside each checkpoint."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        resolved = self.parser.dump(self.config, skip_none=False)
+        for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ConfigCheckpoint):
                 callback.resolved_config = resolved
+
+
+class HopeCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # Always-present callbacks get their own config sections (``checkpoint:``, ``progress_bar:``) rather than
+        # living in ``trainer.callbacks``, where a YAML list would add a second copy instead of configuring them.
+        parser.add_lightning_class_args(ConfigCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_lightning_class_args(ProgressBar, "progress_bar")
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
@@ -57,11 +70,11 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> HopeCLI:
         args=args,
         run=run,
         seed_everything_default=1234,
+        save_config_callback=SaveConfigBesideCheckpoints,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "precision": default_precision(),
             "plugins": [AtomicCheckpointIO()],
-            "callbacks": [ProgressBar(), ConfigCheckpoint(save_last=True)],
         },
     )
 
