@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from hope.config import PRESETS, ModelConfig
 from hope.data.datamodule import TextDataModule
 from hope.lit.callbacks import ProgressBar
-from hope.lit.checkpoint import AtomicCheckpointIO, ConfigCheckpoint
+from hope.lit.checkpoint import ConfigCheckpoint
 from hope.lit.module import HopeLitModule
 
 
@@ -52,6 +53,18 @@ class HopeCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI (>= 2.5) reads the checkpoint's hyper-parameters before anything else touches the file;
+        # a truncated file would surface as a bare zip-archive error, so say what it means and what to do.
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise ValueError(
+                f"checkpoint {path!r} is corrupt or truncated ({err.__class__.__name__}). Resume from an earlier "
+                "checkpoint in the same directory, or delete this file."
+            ) from err
+
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
             return
@@ -62,9 +75,9 @@ class HopeCLI(LightningCLI):
         print(f"[hope] TensorBoard logs: {logs}  (view with: tensorboard --logdir {Path(logs).parent})")
 
 
-def build_cli(args: Sequence[str] | None = None, run: bool = True) -> HopeCLI:
+def build_cli(args: Sequence[str] | None = None, run: bool = True, cli_class: type[HopeCLI] = HopeCLI) -> HopeCLI:
     set_docstring_parse_options(attribute_docstrings=True)
-    return HopeCLI(
+    return cli_class(
         HopeLitModule,
         TextDataModule,
         args=args,
@@ -74,7 +87,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> HopeCLI:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "precision": default_precision(),
-            "plugins": [AtomicCheckpointIO()],
+            "plugins": [{"class_path": "hope.lit.checkpoint.AtomicCheckpointIO"}],
         },
     )
 

@@ -29,6 +29,8 @@ first use (about 80 s on 2 cores; cached under ``TORCH_EXTENSIONS_DIR``).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +55,8 @@ class HopeDeepSpeedStrategy(DeepSpeedStrategy):
     def __init__(self, *args: Any, cpu_adam: bool | None = None, **kwargs: Any) -> None:
         """All arguments are ``DeepSpeedStrategy``'s, plus ``cpu_adam``: replace a torch Adam/AdamW with
         ``DeepSpeedCPUAdam`` (None: only when the DeepSpeed config offloads the optimizer)."""
+        if "config" in kwargs:
+            kwargs["config"] = _resolve_config_path(kwargs["config"])
         super().__init__(*args, **kwargs)
         self.cpu_adam = cpu_adam
 
@@ -98,6 +102,14 @@ class HopeDeepSpeedStrategy(DeepSpeedStrategy):
                 offload_optimizer=offload_optimizer,
                 offload_parameters=offload_parameters,
             )
+
+
+def _resolve_config_path(config: Any) -> Any:
+    """The YAMLs name ``configs/deepspeed/*.json`` relative to the repository; outside it, look there."""
+    if not isinstance(config, str | os.PathLike) or Path(config).is_absolute() or Path(config).exists():
+        return config
+    in_repo = Path(__file__).resolve().parents[2] / config
+    return str(in_repo) if in_repo.exists() else config
 
 
 def _to_cpu_adam(optimizer: torch.optim.Optimizer, scheduler_config: Any) -> torch.optim.Optimizer:

@@ -7,6 +7,7 @@ Logged to TensorBoard: ``train/loss``, ``train/ppl``, ``train/lr``, ``train/grad
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -46,9 +47,11 @@ class HopeLitModule(L.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["init_from"])
         self.config = ModelConfig.from_preset(preset, **(overrides or {}))
         self.optim = optim if optim is not None else OptimConfig()
+        # Plain types only: checkpoints stay loadable with torch.load(weights_only=True), which LightningCLI uses.
+        # init_from is left out: a checkpoint's weights are in its state_dict, not in the file it started from.
+        self.save_hyperparameters({"preset": preset, "overrides": overrides, "optim": dataclasses.asdict(self.optim)})
         self.model = HopeLM(self.config)
         if init_from is not None:
             load_model_weights(self.model, init_from)
