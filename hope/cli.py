@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 import sys
 from collections.abc import Sequence
@@ -123,8 +124,20 @@ def _field_docs() -> dict[str, str]:
     return docs
 
 
+def _show_progress_logs() -> None:
+    """hope's own INFO lines (e.g. tokenizing a corpus the first time) on stderr, as Lightning's are."""
+    logger = logging.getLogger("hope")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[hope] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    _show_progress_logs()
     if args and args[0] == "config":
         config_command(args[1:])
         return
