@@ -1,0 +1,147 @@
+"""Titans neural long-term memory (LMM): the memory MLP and two literal references for its update.
+
+Notation follows Titans (arXiv 2501.00663v1) §3.1-3.2; everything is per batch element b and head h, and every
+tensor carries both as its leading dims [B, H, ...].
+
+Memory M (the inner-loop state is its weights W_1..W_L, W_l: [B, H, d_in, d_out]):
+    h_0 = x,  h_l = act(h_{l-1} W_l) for l < L,  M(x) = x + h_{L-1} W_L   (``residual=True``)
+    M(x) = h_{L-1} W_L                                                    (``residual=False``)
+  L = 1 with ``residual=False`` is the plain linear memory x W_1 (Titans App. C: with eta = 0 the LMM is then
+  Gated DeltaNet up to the factor 2 of the squared loss). The residual form forgets towards the identity map
+  instead of towards zero; it is the default because the deep memory of §5.5 is a residual MLP.
+  act = SiLU (default, the activation Titans uses on q/k/v) or exact GELU.
+
+Associative loss (Eq. 12), summed over the feature dim, not averaged:
+    l(M; k_t, v_t) = ||M(k_t) - v_t||^2
+Momentum and forgetting (Eqs. 13-14), with per-token, per-head gates theta, eta, alpha in (0, 1):
+    S_t = eta_t S_{t-1} - theta_t grad l(M_{t'}; k_t, v_t)
+    M_t = (1 - alpha_t) M_{t-1} + S_t
+  where t' is the start of t's chunk (§3.2: all gradients of a chunk are taken at the weights the chunk starts
+  with). Chunks are counted from the start of each call: [0, C), [C, 2C), ..., and the last one may be shorter.
+  With C = 1 this is the exact per-token recurrence (t' = t - 1).
+Retrieval: y_t = M_{t'}(q_t), i.e. the weights at the start of t's chunk, before any write of that chunk.
+  With C = 1 this is y_t = M_{t-1}(q_t): read, then write. Reading the chunk-start weights is what lets the
+  chunk-parallel form (chunked.py) answer every query of a chunk with one batched forward pass and never build
+  the per-token weights M_t inside a chunk; reading M_t would need those T weight matrices.
+
+Streaming: the functions return the final (weights, momentum), so a stream can continue. Because chunks are
+relative to the call, calling on a sequence equals calling on its two halves with the state carried whenever
+the split is at a multiple of C. A split inside a chunk starts a new chunk at the split (exact per-token
+semantics are kept only for C = 1); ``hope.layers.neural_memory`` buffers partial chunks so that it can be
+streamed at any split.
+
+This module is the reference: per-token gradients come from ``torch.autograd.grad(create_graph=True)`` so that
+outer-loop gradients flow through the inner loop. ``chunked.py`` must match ``titans_memory`` here to float64
+round-off, outputs, final state and gradients.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["memory_mlp", "titans_memory", "titans_memory_recurrent", "ACTIVATIONS"]
+
+Weights = tuple[torch.Tensor, ...]
+
+
+def _silu_grad(z: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))  # d/dz [z sigmoid(z)]
+
+
+def _gelu_grad(z: torch.Tensor) -> torch.Tensor:
+    # d/dz [z Phi(z)] = Phi(z) + z phi(z)
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+# name -> (act, act'); chunked.py needs the derivative for its hand-written backward
+ACTIVATIONS = {"silu": (F.silu, _silu_grad), "gelu": (F.gelu, _gelu_grad)}
+
+
+def memory_mlp(weights: Weights, x: torch.Tensor, residual: bool = True, activation: str = "silu") -> torch.Tensor:
+    """M(x) for x: [B, H, T, d_in] with weights W_l: [B, H, d_in, d_out]; returns [B, H, T, d_out]."""
+    act = ACTIVATIONS[activation][0]
+    h = x
+    for W in weights[:-1]:
+        h = act(h @ W)
+    out = h @ weights[-1]
+    return x + out if residual else out
+
+
+def _token_grads(weights: Weights, k: torch.Tensor, v: torch.Tensor, residual: bool, activation: str) -> Weights:
+    """grad_W ||M(k) - v||^2 for one token per (b, h): k, v [B, H, 1, D] -> one [B, H, d_in, d_out] per layer.
+
+    Summing the loss over b and h is harmless: each (b, h) slice of the weights sees only its own term.
+    """
+    outer = torch.is_grad_enabled()  # keep the graph of the gradient only when the caller wants outer gradients
+    with torch.enable_grad():
+        ws = tuple(W if W.requires_grad else W.detach().requires_grad_() for W in weights)
+        loss = (memory_mlp(ws, k, residual, activation) - v).pow(2).sum()  # Eq. 12
+        return torch.autograd.grad(loss, ws, create_graph=outer)
+
+
+def _momentum_step(weights, momentum, grads, theta, eta, alpha):
+    """One token of Eqs. 13-14; theta, eta, alpha: [B, H] -> broadcast over each weight matrix."""
+    th, et, al = (g[..., None, None] for g in (theta, eta, alpha))
+    momentum = tuple(et * S - th * G for S, G in zip(momentum, grads, strict=True))  # Eq. 13
+    weights = tuple((1 - al) * W + S for W, S in zip(weights, momentum, strict=True))  # Eq. 14
+    return weights, momentum
+
+
+def titans_memory_recurrent(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    weights: Weights,
+    momentum: Weights,
+    residual: bool = True,
+    activation: str = "silu",
+) -> tuple[torch.Tensor, tuple[Weights, Weights]]:
+    """Exact per-token recurrence: for each t, y_t = M_{t-1}(q_t), then S_t, M_t from grad l(M_{t-1}; k_t, v_t).
+
+    Equals ``titans_memory(..., chunk_size=1)``. Shapes as in :func:`titans_memory`.
+    """
+    ys = []
+    for t in range(q.shape[2]):
+        tok = slice(t, t + 1)
+        ys.append(memory_mlp(weights, q[:, :, tok], residual, activation))  # read before the write
+        grads = _token_grads(weights, k[:, :, tok], v[:, :, tok], residual, activation)
+        weights, momentum = _momentum_step(weights, momentum, grads, theta[..., t], eta[..., t], alpha[..., t])
+    return torch.cat(ys, dim=2), (weights, momentum)
+
+
+def titans_memory(
+    q: torch.Tensor | None,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    weights: Weights,
+    momentum: Weights,
+    chunk_size: int,
+    residual: bool = True,
+    activation: str = "silu",
+) -> tuple[torch.Tensor | None, tuple[Weights, Weights]]:
+    """Chunk-wise Titans memory, literally as in §3.2: per-token gradients at the chunk-start weights, then a
+    per-token loop of the momentum/decay updates.
+
+    q, k, v: [B, H, T, D] (q may be None: write only, y is None); theta, eta, alpha: [B, H, T];
+    weights, momentum: tuples of [B, H, d_in, d_out] (momentum is zero at the start of a stream).
+    Returns y: [B, H, T, D] and the final (weights, momentum).
+    """
+    ys = []
+    for start in range(0, k.shape[2], chunk_size):
+        chunk = range(start, min(start + chunk_size, k.shape[2]))
+        W0 = weights  # every read and every gradient of this chunk uses the chunk-start weights
+        if q is not None:
+            ys.append(memory_mlp(W0, q[:, :, start : chunk.stop], residual, activation))
+        grads = [_token_grads(W0, k[:, :, t : t + 1], v[:, :, t : t + 1], residual, activation) for t in chunk]
+        for t, G in zip(chunk, grads, strict=True):
+            weights, momentum = _momentum_step(weights, momentum, G, theta[..., t], eta[..., t], alpha[..., t])
+    y = torch.cat(ys, dim=2) if q is not None else None
+    return y, (weights, momentum)
