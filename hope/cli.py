@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import pickle
 import sys
@@ -27,6 +28,9 @@ from hope.data.datamodule import TextDataModule
 from hope.lit.callbacks import ProgressBar
 from hope.lit.checkpoint import ConfigCheckpoint
 from hope.lit.module import HopeLitModule
+
+# Subcommands outside LightningCLI: name -> "module:function", called with the remaining arguments.
+EXTRA_COMMANDS: dict[str, str] = {}
 
 
 def default_precision() -> str:
@@ -140,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     _show_progress_logs()
     if args and args[0] == "config":
         config_command(args[1:])
+        return
+    if args and args[0] in EXTRA_COMMANDS:
+        module_name, function = EXTRA_COMMANDS[args[0]].split(":")
+        getattr(importlib.import_module(module_name), function)(args[1:])
         return
     build_cli(args)
 

@@ -171,3 +171,16 @@ def test_corrupt_checkpoint(tmp_path, text_corpus):
     last.write_bytes(last.read_bytes()[:1000])  # a save cut short by a crash (what atomic saves prevent)
     with pytest.raises(ValueError, match="corrupt or truncated"):
         main(fit_args(root, text_corpus, "--ckpt_path", str(last), steps=6))
+
+
+def test_load_model_reproduces_training_logits(tmp_path, text_corpus):
+    from hope.lit.checkpoint import load_model
+
+    root = tmp_path / "run"
+    main(fit_args(root, text_corpus, steps=3))
+    last = root / "checkpoints" / "last.ckpt"
+    model = load_model(last)
+    state = load_checkpoint_file(last)["state_dict"]
+    assert model.config.n_layer == 2
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[f"model.{name}"])

@@ -137,3 +137,29 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
             "(see model_config.yaml beside it)."
         )
     model.load_state_dict(state)
+
+
+def model_config_from(path: str | os.PathLike):
+    """The ModelConfig a checkpoint was trained with: stored in a ``.ckpt``, or ``model_config.yaml`` beside a
+    ``.safetensors`` file (``hope convert`` writes both)."""
+    from hope.config import ModelConfig
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        beside = path.with_name("model_config.yaml")
+        if not beside.is_file():
+            raise FileNotFoundError(f"{str(beside)!r} is missing: a .safetensors file needs its model_config.yaml.")
+        return ModelConfig.from_dict(yaml.safe_load(beside.read_text()))
+    stored = load_checkpoint_file(path).get("model_config")
+    if stored is None:
+        raise ValueError(f"{str(path)!r} stores no model_config; was it written by `hope fit`?")
+    return ModelConfig.from_dict(stored)
+
+
+def load_model(path: str | os.PathLike):
+    """A HopeLM with the config and weights of a checkpoint (``.ckpt`` or ``.safetensors``), in eval mode, on CPU."""
+    from hope.model import HopeLM
+
+    model = HopeLM(model_config_from(path))
+    load_model_weights(model, path)
+    return model.eval()
