@@ -30,7 +30,9 @@ from hope.lit.checkpoint import ConfigCheckpoint
 from hope.lit.module import HopeLitModule
 
 # Subcommands outside LightningCLI: name -> "module:function", called with the remaining arguments.
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {
+    "convert": "hope.convert:main",
+}
 
 
 def default_precision() -> str:

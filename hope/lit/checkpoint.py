@@ -122,10 +122,26 @@ def model_state_dict_from(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 
 
+def tied_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``{alias: first name}`` for entries that are the same tensor as an earlier one (tied embeddings)."""
+    first: dict[tuple, str] = {}
+    aliases = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
+
+
 def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Initialise ``model`` from pretrained weights (not a resume: optimizer, step and data position start fresh)."""
     state = model_state_dict_from(path)
     own = model.state_dict()
+    for alias, name in tied_aliases(own).items():  # files store a tied tensor once (safetensors requires it)
+        if alias not in state and name in state:
+            state[alias] = state[name]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
