@@ -25,8 +25,8 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from hope.config import PRESETS, ModelConfig
 from hope.data.datamodule import TextDataModule
-from hope.lit.callbacks import ProgressBar
 from hope.lit import deepspeed as _deepspeed  # noqa: F401  (registers the hope_deepspeed_stage_* strategies)
+from hope.lit.callbacks import ProgressBar
 from hope.lit.checkpoint import ConfigCheckpoint
 from hope.lit.module import HopeLitModule
 
