@@ -1,0 +1,113 @@
+"""Chunk-parallel self-modifying Titans: same math, signatures and results as ``naive.py``.
+
+See ``naive.py`` for the model (Eqs. 83-93). Inside a chunk of C tokens every gradient is taken at the chunk-start
+weights (W1_0, W2_0), so all C per-token gradients come from one batched forward and one hand-written backward:
+
+    z = k W1_0,  h = act(z),  M(k) = k + h W2_0
+    d2_t = 2 (M(k_t) - vhat_t)                  (dL/dM(k), Eq. 88)
+    d1_t = (d2_t W2_0^T) * act'(z_t)            grad_W1 = k_t^T d1_t,  grad_W2 = h_t^T d2_t
+
+The output side is a gated sum, as in Titans: W2_C = g W2_0 - sum_i eta_i r_i h_i^T d2_i, with g the product of
+all alpha of the chunk and r_i the product of the alpha after i. One matmul.
+
+The input side is the delta rule. Because (alpha I - eta k^T k) W1 - eta k^T d1 = alpha W1 - k^T u with
+u = eta (k W1 + d1), every token changes W1 by a rank-one term along its own key:
+
+    W1_t = alpha_t W1_{t-1} - k_t^T u_t,    u_t = eta_t (k_t W1_{t-1} + d1_t)
+
+This is the gated delta rule (Gated DeltaNet) with value -d1_t, so the WY/UT form used for DeltaNet applies
+exactly: k_i W1_{i-1} = G_i k_i W1_0 - sum_{j<i} S_ij (k_i . k_j) u_j, with G_i the product of alpha before i and
+S_ij the product of alpha strictly between j and i. Hence all u of a chunk solve one unit-lower-triangular system
+
+    (I + A) U = eta * (G * (K W1_0) + D1),    A_ij = eta_i S_ij (k_i . k_j)  for j < i,
+
+and W1_C = g W1_0 - sum_i r_i k_i^T u_i. The (alpha I - eta k k^T) products do not commute with the gradient
+terms, but they never need to be formed: the solve is O(C^2 E) per memory and A (which depends on k, eta, alpha
+only) is shared by all memories of a group. All gate products come from one (C+1) x (C+1) cumulative product, with
+no division, so a vanishing alpha costs no precision. Only the loop over chunks (T / C steps) is sequential;
+autograd through these tensor ops (the triangular solve included) gives the outer-loop gradients.
+"""
+
+import torch
+
+from hope.ops.self_modifying.naive import Memory, project
+from hope.ops.titans.naive import ACTIVATIONS
+
+__all__ = ["dgd_memory", "self_modifying_projections", "self_modifying_titans", "gate_products"]
+
+
+def gate_products(alpha: torch.Tensor) -> torch.Tensor:
+    """P [..., C+1, C+1] with P[i, j] = prod_{j < m <= i} a_m for j <= i (else 0), where a = (1, alpha_0, ...).
+
+    Row/column 0 stand for the chunk start, so P[i, 0] is the product of the first i alphas, P[i, j+1] that of the
+    alphas strictly between tokens j and i, and P[C, j+1] that of the alphas after token j. Built by a cumulative
+    product down each column (products only, no division).
+    """
+    C = alpha.shape[-1]
+    a = torch.cat([torch.ones_like(alpha[..., :1]), alpha], dim=-1)  # [..., C+1]
+    i = torch.arange(C + 1, device=alpha.device)
+    below = i[:, None] > i[None, :]
+    P = torch.where(below, a[..., :, None], torch.ones_like(a[..., :, None])).cumprod(dim=-2)
+    return P * (below | (i[:, None] == i[None, :]))
+
+
+def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None):
+    """Read M_0(q) (if q is given) and write a chunk. k, v, q [.., C, D]; eta, alpha [.., C]; W1 [.., D, E].
+
+    Leading dims broadcast: the projection group passes k [B, H, 1, C, D] against W1 [B, H, N, D, E].
+    """
+    act, act_grad = ACTIVATIONS[activation]
+    C = k.shape[-2]
+    x = torch.cat([v, k] if q is None else [q, v, k], dim=-2)  # one forward at the chunk-start weights
+    z = x @ W1
+    h = act(z)
+    out = x + h @ W2
+    vhat, Mk = out[..., -2 * C : -C, :], out[..., -C:, :]  # Eq. 87 and M(k)
+    zk, hk = z[..., -C:, :], h[..., -C:, :]
+
+    d2 = 2 * (Mk - vhat)  # dL/dM(k) of Eq. 88; vhat is the target (no inner derivative through it)
+    d1 = (d2 @ W2.mT) * act_grad(zk)
+
+    P = gate_products(alpha)
+    G, S, r, g = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
+    A = eta[..., :, None] * (k @ k.mT) * S  # strictly lower: S_ij = 0 for j >= i
+    rhs = eta[..., None] * (G[..., None] * zk + d1)  # zk = k W1_0
+    dtype = torch.promote_types(rhs.dtype, torch.float32)  # no half-precision triangular solve (and no need)
+    U = torch.linalg.solve_triangular(A.to(dtype), rhs.to(dtype), upper=False, unitriangular=True)  # A broadcasts
+    W1 = g * W1 - (k * r[..., None]).mT @ U  # Eq. 88 input side, unrolled over the chunk
+    W2 = g * W2 - (hk * (eta * r)[..., None]).mT @ d2  # Eq. 88 output side (plain retention)
+    y = None if q is None else out[..., :C, :]
+    return y, W1, W2
+
+
+def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu"):
+    """Chunk-parallel M_memory; arguments and result exactly as ``naive.dgd_memory``."""
+    ys = []
+    for s in range(0, k.shape[2], chunk_size):
+        c = slice(s, s + chunk_size)
+        y, W1, W2 = _write_chunk(W1, W2, k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c], activation, q[:, :, c])
+        ys.append(y)
+    return torch.cat(ys, dim=2), (W1, W2)
+
+
+def self_modifying_projections(x, W1, W2, gate_w, gate_b, max_lr: float, chunk_size: int, activation: str = "silu"):
+    """Chunk-parallel projection memories; arguments and result exactly as ``naive.self_modifying_projections``."""
+    outs = []
+    for s in range(0, x.shape[2], chunk_size):
+        k, v, eta, alpha, q = project(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation)
+        outs.append((k, v, eta, alpha, q))
+        shared = (t[:, :, None] for t in (k, v, eta, alpha))  # one k, v, eta, alpha for all N memories
+        _, W1, W2 = _write_chunk(W1, W2, *shared, activation)
+    cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
+    return tuple(cat), (W1, W2)
+
+
+def self_modifying_titans(
+    x, q, projections: Memory, memory: Memory, gate_w, gate_b, max_lr, chunk_size, memory_chunk_size, activation="silu"
+):
+    """Chunk-parallel self-modifying Titans; arguments and result exactly as ``naive.self_modifying_titans``."""
+    (k, v, eta, alpha, q_mem), projections = self_modifying_projections(
+        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation
+    )
+    y, memory = dgd_memory(q_mem if q is None else q, k, v, eta, alpha, *memory, memory_chunk_size, activation)
+    return y, projections, memory

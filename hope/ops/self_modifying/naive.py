@@ -1,0 +1,177 @@
+"""Self-modifying Titans (Nested Learning, arXiv 2512.24695 §8, Eqs. 83-93): the memories and literal references.
+
+Everything is per batch element b and head h (leading dims [B, H, ...]); D is the head width, E the hidden width.
+
+Memories. Each memory is the 2-layer residual MLP of Eq. 91, written for row vectors x [.., T, D]:
+    M(x) = x + act(x W1) W2,    W1: [.., D, E] (input side),  W2: [.., E, D] (output side)
+  (the paper's column form is (.) + W_{.,1} act(W_{.,2}(.)), so our W1 is its W_{.,2}.) Two groups of memories
+  are updated on two clocks (§8.2):
+  * the projection memories, stacked on a memory axis N in the order ``PROJECTIONS`` = (k, v, eta, alpha[, q]):
+    W1_BHNDE, W2_BHNED, updated every ``chunk_size`` tokens;
+  * the retrieval memory M_memory: W1_BHDE, W2_BHED, updated every ``memory_chunk_size`` tokens.
+
+Projections (Eqs. 83-86), at the weights the current projection chunk started with:
+    k_t = normalize(M_k(x_t)),  v_t = normalize(M_v(x_t)),  [q_t = normalize(M_q(x_t))]
+    eta_t = max_lr * sigmoid(<M_eta(x_t), w_eta> + b_eta),  alpha_t = sigmoid(<M_alpha(x_t), w_alpha> + b_alpha)
+  The paper gives eta_t = M_eta(x_t) and alpha_t = M_alpha(x_t) but needs scalars; every memory here maps D -> D
+  (so that all of them share one residual form and one batched update), and a learned per-head readout (w, b)
+  squashes the output to a scalar: a readout generalises the output's mean (w = 1/D), and its bias sets the
+  gates at init. eta in (0, max_lr) is the step size; alpha in (0, 1) is the retention (alpha = 1 keeps all).
+  The paper l2-normalises q and k only; we normalise v too. M_v's own target is M_v(v_t) = M_v(M_v(x_t)), so with
+  an unnormalised v its gradient grows with ||v||, which grows with M_v's weights: a quadratic feedback that blew
+  the weights up to 1e5 within 13 tokens at max_lr = 0.2 in our tests; with a unit v the update is linear in them.
+  By default q_t = x_t W_q is computed outside (the "only non-adaptive projection", Eq. 83); with a fifth
+  projection memory q is adaptive too, as in the paper's listing of Eq. 88.
+
+Self-generated values (Eq. 87): vhat_{m,t} = M_m(v_t), each memory m at its own chunk-start weights.
+
+Update (Eqs. 88-91): delta gradient descent with retention, for every memory m, with the shared k_t, eta_t, alpha_t:
+    M_{m,t} = M_{m,t-1} (alpha_t I - eta_t k_t k_t^T) - eta_t grad L(M_{m,t'}; k_t, vhat_{m,t}),
+    L(M; k, vhat) = ||M(k) - vhat||^2   (summed over features)
+  * The gradient is taken at M_{m,t'}, the weights the chunk of t started with (§8.2, Eqs. 90-91), and treats
+    vhat as the target, i.e. it is the partial derivative through M(k) only (the paper writes vhat as a separate
+    argument of L). The outer loop still differentiates through vhat: nothing is detached.
+  * The factor (alpha I - eta k k^T) multiplies the running weights M_{m,t-1}, as in the linear form Eq. 93.
+    For an MLP it only type-checks on the weight whose input is k: the input-side W1 becomes
+        W1_t = (alpha_t I - eta_t k_t^T k_t) W1_{t-1} - eta_t grad_W1,
+    while the output-side W2, whose input is act(k W1), keeps the plain retention W2_t = alpha_t W2_{t-1} - eta_t
+    grad_W2 (the same choice as kmccleary3301/nested_learning).
+Retrieval (Eq. 83): y_t = M_memory(q_t) at the weights the memory chunk of t started with. With chunk size 1 this
+  is y_t = M_{memory,t-1}(q_t): read, then write, as in the paper.
+
+The two groups decouple: k, v, eta, alpha depend only on the projection memories, and M_memory only on them, so
+the projection loop runs first over the whole sequence, then the memory loop. Chunks are counted from the start
+of each call (the last one may be shorter); ``hope.layers.self_modifying`` buffers partial chunks for streaming.
+
+This module is the reference: per-token gradients come from ``torch.autograd.grad(create_graph=True)`` and the
+(alpha I - eta k k^T) factors are explicit D x D matrices applied token by token. ``chunked.py`` must match it to
+float64 round-off, outputs, final states and gradients.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from hope.ops.titans.naive import ACTIVATIONS
+
+__all__ = [
+    "PROJECTIONS",
+    "residual_mlp",
+    "project",
+    "dgd_memory",
+    "self_modifying_projections",
+    "self_modifying_titans",
+    "self_modifying_titans_recurrent",
+]
+
+PROJECTIONS = ("k", "v", "eta", "alpha", "q")  # order on the memory axis N; q only when it is adaptive
+K, V, ETA, ALPHA, Q = range(5)
+
+Memory = tuple[torch.Tensor, torch.Tensor]  # (W1, W2)
+
+
+def residual_mlp(W1: torch.Tensor, W2: torch.Tensor, x: torch.Tensor, activation: str = "silu") -> torch.Tensor:
+    """M(x) = x + act(x W1) W2 (Eq. 91) for x [.., T, D], W1 [.., D, E], W2 [.., E, D]; returns [.., T, D]."""
+    return x + ACTIVATIONS[activation][0](x @ W1) @ W2
+
+
+def project(W1, W2, x, gate_w, gate_b, max_lr: float, activation: str = "silu"):
+    """Eqs. 84-86 at fixed weights: x [B, H, T, D] -> (k, v [B, H, T, D], eta, alpha [B, H, T], q or None).
+
+    W1 [B, H, N, D, E], W2 [B, H, N, E, D] are the stacked projection memories (N = 4, or 5 with adaptive q);
+    gate_w [H, 2, D] and gate_b [H, 2] are the (eta, alpha) readouts.
+    """
+    out = residual_mlp(W1, W2, x[:, :, None], activation)  # every memory on the same x: [B, H, N, T, D]
+    logits = torch.einsum("bhntd,hnd->bhnt", out[:, :, ETA : ALPHA + 1], gate_w) + gate_b[None, :, :, None]
+    eta, alpha = max_lr * torch.sigmoid(logits[:, :, 0]), torch.sigmoid(logits[:, :, 1])
+    q = F.normalize(out[:, :, Q], dim=-1) if W1.shape[2] > Q else None
+    return F.normalize(out[:, :, K], dim=-1), F.normalize(out[:, :, V], dim=-1), eta, alpha, q
+
+
+def _inner_grads(W1, W2, k, vhat, activation):
+    """grad_W ||M(k) - vhat||^2 for one token, vhat held fixed: k [.., 1, D], vhat [.., 1, D] (Eq. 88)."""
+    outer = torch.is_grad_enabled()  # keep the graph of the gradient only when the caller wants outer gradients
+    with torch.enable_grad():
+        # differentiate w.r.t. fresh aliases of W, so that the path through vhat (computed from W itself) is excluded
+        ws = tuple(W.clone() if outer and W.requires_grad else W.detach().requires_grad_() for W in (W1, W2))
+        loss = (residual_mlp(*ws, k, activation) - vhat).pow(2).sum()
+        return torch.autograd.grad(loss, ws, create_graph=outer)
+
+
+def _dgd_step(W1, W2, G1, G2, k, eta, alpha):
+    """One token of Eq. 88: k [.., 1, D], eta, alpha [..] broadcast over each weight matrix."""
+    eta, alpha = eta[..., None, None], alpha[..., None, None]
+    eye = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
+    W1 = (alpha * eye - eta * k.mT @ k) @ W1 - eta * G1  # (alpha I - eta k k^T) on the input side (row form)
+    return W1, alpha * W2 - eta * G2
+
+
+def _write_chunk(W1, W2, k, v, eta, alpha, activation):
+    """Write a chunk: gradients at the chunk-start (W1, W2), then the per-token Eq. 88 sweep. k, v [.., C, D]."""
+    vhat = residual_mlp(W1, W2, v, activation)  # Eq. 87
+    grads = [_inner_grads(W1, W2, k[..., t, None, :], vhat[..., t, None, :], activation) for t in range(k.shape[-2])]
+    for t, (G1, G2) in enumerate(grads):
+        W1, W2 = _dgd_step(W1, W2, G1, G2, k[..., t, None, :], eta[..., t], alpha[..., t])
+    return W1, W2
+
+
+def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu"):
+    """M_memory over a sequence, literally: each chunk reads y = M(q) and writes (k, v) at its start weights.
+
+    q, k, v: [B, H, T, D]; eta, alpha: [B, H, T]; W1 [B, H, D, E], W2 [B, H, E, D].
+    Returns y [B, H, T, D] and the final (W1, W2).
+    """
+    ys = []
+    for s in range(0, k.shape[2], chunk_size):
+        c = slice(s, s + chunk_size)
+        ys.append(residual_mlp(W1, W2, q[:, :, c], activation))  # Eq. 83, before the chunk's writes
+        W1, W2 = _write_chunk(W1, W2, k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c], activation)
+    return torch.cat(ys, dim=2), (W1, W2)
+
+
+def self_modifying_projections(x, W1, W2, gate_w, gate_b, max_lr: float, chunk_size: int, activation: str = "silu"):
+    """The projection memories over a sequence, literally: each chunk projects x at its start weights, then every
+    memory writes (k, M_m(v)) with the chunk's shared k, eta, alpha.
+
+    x: [B, H, T, D]; W1 [B, H, N, D, E], W2 [B, H, N, E, D]; gates as in :func:`project`.
+    Returns ((k, v, eta, alpha, q or None) over the whole sequence, final (W1, W2)).
+    """
+    outs = []
+    for s in range(0, x.shape[2], chunk_size):
+        k, v, eta, alpha, q = project(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation)
+        outs.append((k, v, eta, alpha, q))
+        shared = (t[:, :, None] for t in (k, v, eta, alpha))  # one k, v, eta, alpha for all N memories
+        W1, W2 = _write_chunk(W1, W2, *shared, activation)
+    cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
+    return tuple(cat), (W1, W2)
+
+
+def self_modifying_titans(
+    x, q, projections: Memory, memory: Memory, gate_w, gate_b, max_lr, chunk_size, memory_chunk_size, activation="silu"
+):
+    """Projection loop, then memory loop (they decouple, see the module docstring).
+
+    x: [B, H, T, D] (the memories' input); q: [B, H, T, D] l2-normalised queries, or None for adaptive q (needs
+    N = 5 projection memories). Returns y [B, H, T, D], final projection memories, final M_memory.
+    """
+    (k, v, eta, alpha, q_mem), projections = self_modifying_projections(
+        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation
+    )
+    y, memory = dgd_memory(q_mem if q is None else q, k, v, eta, alpha, *memory, memory_chunk_size, activation)
+    return y, projections, memory
+
+
+def self_modifying_titans_recurrent(
+    x, q, projections: Memory, memory: Memory, gate_w, gate_b, max_lr: float, activation: str = "silu"
+):
+    """Exact per-token recurrence of Eqs. 83-88, both loops interleaved token by token: project x_t and read y_t
+    at the weights after token t-1, then write every memory. Equals :func:`self_modifying_titans` with both chunk
+    sizes 1, which checks that running the two loops one after the other is right."""
+    ys = []
+    for t in range(x.shape[2]):
+        tok = slice(t, t + 1)
+        k, v, eta, alpha, q_t = project(*projections, x[:, :, tok], gate_w, gate_b, max_lr, activation)
+        ys.append(residual_mlp(*memory, q_t if q is None else q[:, :, tok], activation))
+        shared = (t[:, :, None] for t in (k, v, eta, alpha))  # one k, v, eta, alpha for all N projection memories
+        projections = _write_chunk(*projections, *shared, activation)
+        memory = _write_chunk(*memory, k, v, eta, alpha, activation)
+    return torch.cat(ys, dim=2), projections, memory

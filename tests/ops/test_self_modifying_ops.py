@@ -1,0 +1,189 @@
+"""Chunk-parallel self-modifying Titans op against its literal references, in float64."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hope.ops.self_modifying import chunked, naive
+
+B, H, D, E = 2, 2, 4, 8
+F64 = torch.float64
+MAX_LR = 0.5
+
+
+def _gen(seed):
+    g = torch.Generator().manual_seed(seed)
+    return lambda *shape: torch.randn(*shape, dtype=F64, generator=g)
+
+
+def make_inputs(T, adaptive_q=False, seed=0):
+    """Inputs of ``self_modifying_titans`` at scales where the inner loop stays bounded."""
+    randn = _gen(seed)
+    N = 5 if adaptive_q else 4
+    return dict(
+        x=randn(B, H, T, D),
+        q=None if adaptive_q else F.normalize(randn(B, H, T, D), dim=-1),
+        projections=(randn(B, H, N, D, E) / D**0.5, randn(B, H, N, E, D) / E**0.5),
+        memory=(randn(B, H, D, E) / D**0.5, randn(B, H, E, D) / E**0.5),
+        gate_w=0.5 * randn(H, 2, D),
+        gate_b=torch.tensor([0.0, 1.0], dtype=F64).repeat(H, 1),  # eta ~ 0.25, alpha ~ 0.73: both matter
+    )
+
+
+def make_memory_inputs(T, seed=0):
+    """Inputs of ``dgd_memory`` with gates drawn directly."""
+    randn = _gen(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    return dict(
+        q=F.normalize(randn(B, H, T, D), dim=-1),
+        k=F.normalize(randn(B, H, T, D), dim=-1),
+        v=randn(B, H, T, D),
+        eta=MAX_LR * torch.rand(B, H, T, dtype=F64, generator=g),
+        alpha=0.5 + 0.5 * torch.rand(B, H, T, dtype=F64, generator=g),
+        W1=randn(B, H, D, E) / D**0.5,
+        W2=randn(B, H, E, D) / E**0.5,
+    )
+
+
+def leaves(inputs):
+    """Every tensor input (tuples flattened), made to require grad in place."""
+    out = []
+    for x in inputs.values():
+        for t in x if isinstance(x, tuple) else (x,):
+            if isinstance(t, torch.Tensor):
+                out.append(t.requires_grad_())
+    return tuple(out)
+
+
+def flat(result):
+    return tuple(t for r in result for t in (r if isinstance(r, tuple) else (r,)))
+
+
+def outputs_and_grads(fn, inputs, **kw):
+    """The flattened outputs and grads of a fixed random functional of them w.r.t. every input tensor."""
+    xs = leaves(inputs)
+    outs = flat(fn(**inputs, **kw))
+    randn = _gen(123)
+    loss = sum((o * randn(*o.shape)).sum() for o in outs)
+    return [o.detach() for o in outs], torch.autograd.grad(loss, xs)
+
+
+def assert_rel_close(actual, expected, rel=1e-10):
+    for a, e in zip(actual, expected, strict=True):
+        err = ((a - e).norm() / e.norm().clamp_min(1e-300)).item()
+        assert err < rel, f"relative error {err:.2e} for tensor of shape {tuple(e.shape)}"
+
+
+@pytest.mark.parametrize(
+    "T, C, Cm, activation, adaptive_q",
+    [
+        (13, 3, 5, "silu", False),
+        (13, 4, 4, "gelu", False),
+        (16, 4, 8, "silu", True),  # T a multiple of both
+        (5, 8, 8, "silu", False),  # one short chunk
+        (11, 1, 3, "silu", True),
+    ],
+)
+def test_chunked_matches_naive_chunk_loop(T, C, Cm, activation, adaptive_q):
+    kw = dict(max_lr=MAX_LR, chunk_size=C, memory_chunk_size=Cm, activation=activation)
+    out, grads = outputs_and_grads(chunked.self_modifying_titans, make_inputs(T, adaptive_q), **kw)
+    out_ref, grads_ref = outputs_and_grads(naive.self_modifying_titans, make_inputs(T, adaptive_q), **kw)
+    assert max(o.abs().max() for o in out) < 10  # a bounded inner loop, so the comparison means something
+    assert_rel_close(out, out_ref)
+    assert_rel_close(grads, grads_ref)
+
+
+@pytest.mark.parametrize("T, C", [(37, 8), (9, 4), (3, 1)])
+def test_dgd_memory_chunked_matches_naive(T, C):
+    out, grads = outputs_and_grads(chunked.dgd_memory, make_memory_inputs(T), chunk_size=C)
+    out_ref, grads_ref = outputs_and_grads(naive.dgd_memory, make_memory_inputs(T), chunk_size=C)
+    assert_rel_close(out, out_ref)
+    assert_rel_close(grads, grads_ref)
+
+
+@pytest.mark.parametrize("adaptive_q", [False, True])
+def test_chunk_size_one_is_the_per_token_recurrence(adaptive_q):
+    out_ref, grads_ref = outputs_and_grads(
+        naive.self_modifying_titans_recurrent, make_inputs(7, adaptive_q), max_lr=MAX_LR
+    )
+    for fn in (naive.self_modifying_titans, chunked.self_modifying_titans):
+        kw = dict(max_lr=MAX_LR, chunk_size=1, memory_chunk_size=1)
+        out, grads = outputs_and_grads(fn, make_inputs(7, adaptive_q), **kw)
+        assert_rel_close(out, out_ref)
+        assert_rel_close(grads, grads_ref)
+
+
+def test_one_token_update_by_hand():
+    """Eq. 88 for one token, written out: W1 <- (a I - e k^T k) W1 - e k^T d1, W2 <- a W2 - e h^T d2."""
+    x = make_memory_inputs(1)
+    y, (W1_out, W2_out) = chunked.dgd_memory(**x, chunk_size=1)
+    k, v, W1, W2 = x["k"], x["v"], x["W1"], x["W2"]
+    e, a = x["eta"][..., None], x["alpha"][..., None]
+    M = lambda z: z + F.silu(z @ W1) @ W2  # noqa: E731
+    torch.testing.assert_close(y, M(x["q"]), rtol=1e-13, atol=1e-13)
+    z = k @ W1
+    d2 = 2 * (M(k) - M(v))
+    d1 = (d2 @ W2.mT) * torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z)))
+    eye = torch.eye(D, dtype=F64)
+    torch.testing.assert_close(W1_out, (a * eye - e * k.mT @ k) @ W1 - e * k.mT @ d1, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(W2_out, a * W2 - e * F.silu(z).mT @ d2, rtol=1e-12, atol=1e-13)
+
+
+def test_gate_products():
+    alpha = torch.rand(3, 6, dtype=F64)
+    P = chunked.gate_products(alpha)
+    a = [1.0, *alpha[1].tolist()]
+    for i in range(7):
+        for j in range(7):
+            expected = math.prod(a[j + 1 : i + 1]) if j <= i else 0.0
+            assert P[1, i, j].item() == pytest.approx(expected, rel=1e-14)
+
+
+def test_vanishing_and_saturated_gates_stay_exact():
+    """Gate products are never divided: alpha = 0 or 1e-300, alpha = 1 and eta = 0 stay finite and exact."""
+    inputs, ref = make_memory_inputs(13), make_memory_inputs(13)
+    for x in (inputs, ref):
+        x["alpha"][..., 3] = 0.0
+        x["alpha"][..., 5:9] = 1e-300
+        x["alpha"][..., 10] = 1.0
+        x["eta"][..., 11] = 0.0
+    out, grads = outputs_and_grads(chunked.dgd_memory, inputs, chunk_size=4)
+    out_ref, grads_ref = outputs_and_grads(naive.dgd_memory, ref, chunk_size=4)
+    assert all(torch.isfinite(t).all() for t in (*out, *grads))
+    assert_rel_close(out, out_ref)
+    assert_rel_close(grads, grads_ref)
+
+
+@pytest.mark.parametrize("fn", [chunked.self_modifying_titans, naive.self_modifying_titans])
+def test_streaming_halves_at_a_common_chunk_boundary(fn):
+    """Chunks are relative to the call: a split at a multiple of both chunk sizes (here 12) changes nothing."""
+    x = make_inputs(19)
+    kw = dict(gate_w=x["gate_w"], gate_b=x["gate_b"], max_lr=MAX_LR, chunk_size=3, memory_chunk_size=4)
+    y, P, M = fn(x["x"], x["q"], x["projections"], x["memory"], **kw)
+    y1, P1, M1 = fn(x["x"][:, :, :12], x["q"][:, :, :12], x["projections"], x["memory"], **kw)
+    y2, P2, M2 = fn(x["x"][:, :, 12:], x["q"][:, :, 12:], P1, M1, **kw)
+    assert_rel_close((torch.cat([y1, y2], dim=2), *P2, *M2), (y, *P, *M), rel=1e-13)
+
+
+def test_reads_use_the_chunk_start_weights():
+    """y of a memory chunk depends on the keys of earlier chunks only, never on those of its own chunk."""
+    x = make_memory_inputs(12)
+    k = x["k"].requires_grad_()
+    y, _ = chunked.dgd_memory(**x, chunk_size=4)
+    dk = torch.autograd.grad(y[:, :, 4:8].sum(), k)[0]
+    assert dk[:, :, :4].abs().sum() > 0
+    assert dk[:, :, 4:].abs().sum() == 0
+
+
+def test_projection_memories_learn_in_context():
+    """The projections of a later chunk differ from those at the initial weights (the self-modification)."""
+    x = make_inputs(12)
+    (k, v, eta, alpha, _), (W1, W2) = chunked.self_modifying_projections(
+        x["x"], *x["projections"], x["gate_w"], x["gate_b"], MAX_LR, chunk_size=4
+    )
+    k0, v0, eta0, alpha0, _ = naive.project(*x["projections"], x["x"], x["gate_w"], x["gate_b"], MAX_LR)
+    for a, b in ((k, k0), (v, v0), (eta, eta0), (alpha, alpha0)):
+        torch.testing.assert_close(a[:, :, :4], b[:, :, :4], rtol=1e-13, atol=1e-15)
+        assert not torch.allclose(a[:, :, 4:], b[:, :, 4:])
