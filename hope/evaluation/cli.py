@@ -1,0 +1,243 @@
+"""``hope eval``: perplexity, sequential-task retention, long-context recall, lm-evaluation-harness.
+
+    hope eval perplexity --checkpoint runs/debug/checkpoints/last.ckpt --out runs/eval/ppl.json
+    hope eval retention  --checkpoint ... --suite SyntheticFacts --method FullFinetune --out_dir runs/eval/facts
+    hope eval recall     --checkpoint ... --lengths '[512, 1024, 2048]' --out_dir runs/eval/recall
+    hope eval lm-eval    --model hope --model_args checkpoint=... --tasks wikitext     # lm_eval's own arguments
+
+Each subcommand is a function below; its docstring is its ``--help`` (jsonargparse, as litgpt's CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from jsonargparse import CLI, lazy_instance
+
+from hope.evaluation.retention import ContinualMethod, FullFinetune, SyntheticFacts, TaskSuite
+
+# jsonargparse builds these lazily, so each run gets fresh instances configured from the command line.
+DEFAULT_SUITE = lazy_instance(SyntheticFacts)
+DEFAULT_METHOD = lazy_instance(FullFinetune)
+
+
+def perplexity(
+    *,
+    checkpoint: str,
+    source: str = "default",
+    split: Literal["auto", "val", "train", "all"] = "auto",
+    max_documents: int | None = None,
+    tokenizer: str | None = None,
+    protocol: Literal["rolling", "strided"] = "rolling",
+    window: int | None = None,
+    stride: int | None = None,
+    state: Literal["reset", "carry", "document"] = "reset",
+    bucket_size: int = 256,
+    val_fraction: float = 0.01,
+    text_field: str = "text",
+    device: str | None = None,
+    out: str | None = None,
+    plot: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Perplexity, bits per byte and word perplexity of a checkpoint, and perplexity by position in the document.
+
+    Args:
+        checkpoint: a ``hope fit`` checkpoint (``.ckpt``) or a ``.safetensors`` file with ``model_config.yaml``.
+        source: documents: ``default`` (the built-in corpus), a local file or folder, or a hub dataset
+            ``name[:config][@split]`` (as ``data.source``).
+        split: ``val``/``train``: the documents ``hope fit`` holds out / trains on (with ``val_fraction``);
+            ``all``; ``auto``: ``val`` for ``default``, ``all`` otherwise.
+        max_documents: score at most this many documents (after the split filter).
+        tokenizer: sentencepiece ``.model``; default: the checkpoint's (its ``config.yaml``), else the default.
+        protocol: ``rolling`` (lm-eval ``loglikelihood_rolling``: each document alone, maximal context) or
+            ``strided`` (Hugging Face: one packed stream, a sliding window of ``window`` every ``stride``).
+        window: tokens per window (default: the model's ``max_seq_len``); rolling: lm-eval's ``max_length``,
+            strided: the HF guide's ``max_length`` (its last token is only a label).
+        stride: strided protocol: tokens between window starts (default ``window // 2``).
+        state: the model's recurrent state across windows and documents: ``reset``, ``carry``, or ``document``
+            (rolling only: carried within a document, reset between documents).
+        bucket_size: tokens per position bucket in the perplexity-by-position table and plot.
+        val_fraction: validation share used to split the source (``hope fit``'s ``data.val_fraction``).
+        text_field: column with the text in json/parquet/hub sources.
+        device: ``cpu``, ``cuda``, ...; default: CUDA if available.
+        out: write the JSON report here (and the plot beside it, as ``.png``).
+        plot: write the perplexity-by-position PNG here (default: ``out`` with ``.png``).
+        progress: show a progress bar.
+    """
+    from hope.evaluation.loading import load_documents, load_for_eval, resolve_split
+    from hope.evaluation.perplexity import evaluate_perplexity
+    from hope.evaluation.plots import draw_perplexity_by_position, save_figure
+
+    model, tok = load_for_eval(checkpoint, tokenizer, device)
+    split = resolve_split(source, split)
+    docs = load_documents(source, split, max_documents, val_fraction, text_field)
+    report = {"checkpoint": str(checkpoint), "model": model.config.name, "tokenizer": str(tok.path),
+              "source": source, "split": split, "max_documents": max_documents}
+    report.update(evaluate_perplexity(model, tok, [text for _, text in docs], protocol, window, stride, state,
+                                      bucket_size, progress))
+    print(f"[hope] {report['documents']} documents, {report['tokens']} tokens: token perplexity "
+          f"{report['token_perplexity']:.3f}, bits/byte {report['bits_per_byte']:.4f}, word perplexity "
+          f"{report['word_perplexity']:.3f} ({protocol}, window {report['window']}, state {state})")
+    if out is not None:
+        _write_json(report, out)
+    plot = plot or (str(Path(out).with_suffix(".png")) if out else None)
+    if plot is not None:
+        save_figure(draw_perplexity_by_position, report, plot)
+        print(f"[hope] plot: {plot}")
+
+
+def retention(
+    *,
+    checkpoint: str,
+    suite: TaskSuite = DEFAULT_SUITE,
+    method: ContinualMethod = DEFAULT_METHOD,
+    tokenizer: str | None = None,
+    general_tokens: int = 4096,
+    out_dir: str = "runs/eval/retention",
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> None:
+    """Learn a sequence of tasks with a continual-learning method and measure retention after each task.
+
+    Writes ``retention.json`` (the score matrix R, average accuracy, BWT, FWT, forgetting, the general metric's
+    relative drop), ``retention_matrix.png``, ``retention_curves.png`` and TensorBoard scalars (``tensorboard/``)
+    to ``out_dir``.
+
+    Args:
+        checkpoint: the starting model (``.ckpt`` or ``.safetensors``).
+        suite: the task sequence: ``SyntheticFacts`` (facts about fictional people; accuracy) or
+            ``DomainSequence`` (standard-library packages; perplexity), with ``--suite.OPTION value``.
+        method: how tasks are learned: ``FullFinetune`` or ``InContext``, or any ``ContinualMethod`` subclass
+            by import path, with ``--method.OPTION value``.
+        tokenizer: sentencepiece ``.model``; default: the checkpoint's, else the default tokenizer.
+        general_tokens: tokens of the default corpus's validation split scored as the general metric
+            (perplexity, before and after); 0 skips it.
+        out_dir: where the report, plots and TensorBoard logs go.
+        device: ``cpu``, ``cuda``, ...; default: CUDA if available.
+        seed: torch seed (dropout-free models make runs deterministic on CPU anyway).
+        progress: show a progress bar.
+    """
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    from hope.evaluation.loading import load_for_eval
+    from hope.evaluation.retention.harness import format_summary, general_perplexity_set, run_retention, write_outputs
+
+    torch.manual_seed(seed)
+    model, tok = load_for_eval(checkpoint, tokenizer, device)
+    general = general_perplexity_set(general_tokens) if general_tokens > 0 else None
+    writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+    try:
+        report = run_retention(model, tok, suite, method, general, writer, progress)
+    finally:
+        writer.close()
+    report = {"checkpoint": str(checkpoint), "model": model.config.name, **report}
+    paths = write_outputs(report, out_dir)
+    print(format_summary(report))
+    print(f"[hope] report: {paths['json']}  plots: {', '.join(v for k, v in paths.items() if k != 'json')}  "
+          f"TensorBoard: {Path(out_dir) / 'tensorboard'}")
+
+
+def recall(
+    *,
+    checkpoint: str,
+    kinds: list[Literal["passkey", "number", "word"]] | None = None,
+    lengths: list[int] | None = None,
+    depths: list[float] | None = None,
+    samples: int = 4,
+    hay: Literal["default", "generated"] = "default",
+    pairs: list[int] | None = None,
+    pair_samples: int = 4,
+    state: Literal["carry", "reset"] = "carry",
+    window: int | None = None,
+    tokenizer: str | None = None,
+    out_dir: str = "runs/eval/recall",
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> None:
+    """Long-context recall: needle-in-a-haystack retrieval and multi-query associative recall (exact match).
+
+    Writes ``recall.json`` (accuracy per kind, length and depth; per number of pairs) and ``recall.png``.
+
+    Args:
+        checkpoint: the model (``.ckpt`` or ``.safetensors``).
+        kinds: needle kinds (default all: passkey, number, word); ``[]`` skips the needles.
+        lengths: prompt lengths in tokens (default ``[256, 512, 1024, 2048]``; e.g. up to 16384).
+        depths: relative needle positions in the hay (default ``[0.1, 0.5, 0.9]``).
+        samples: needles per kind, length and depth.
+        hay: ``default`` (Python source of the default corpus) or ``generated`` (repeated filler sentences).
+        pairs: numbers of key-value pairs for associative recall (default ``[4, 16, 64]``); ``[]`` skips it.
+        pair_samples: sequences per number of pairs.
+        state: ``carry``: tokens before the last window go into the model's recurrent state; ``reset``: dropped.
+        window: tokens per forward pass (default: the model's ``max_seq_len``).
+        tokenizer: sentencepiece ``.model``; default: the checkpoint's, else the default tokenizer.
+        out_dir: where ``recall.json`` and ``recall.png`` go.
+        device: ``cpu``, ``cuda``, ...; default: CUDA if available.
+        seed: every needle, key and value follows from it.
+        progress: show progress bars.
+    """
+    from hope.evaluation.loading import load_for_eval
+    from hope.evaluation.plots import draw_recall, save_figure
+    from hope.evaluation.recall import KINDS, evaluate_recall
+
+    model, tok = load_for_eval(checkpoint, tokenizer, device)
+    report = {"checkpoint": str(checkpoint), "model": model.config.name}
+    report.update(evaluate_recall(
+        model, tok, KINDS if kinds is None else kinds, lengths or [256, 512, 1024, 2048], depths or [0.1, 0.5, 0.9],
+        samples, hay, [4, 16, 64] if pairs is None else pairs, pair_samples, state, window, seed, progress))
+    print(format_recall(report))
+    _write_json(report, Path(out_dir) / "recall.json")
+    save_figure(draw_recall, report, Path(out_dir) / "recall.png")
+    print(f"[hope] plot: {Path(out_dir) / 'recall.png'}")
+
+
+def format_recall(report: dict) -> str:
+    lines = []
+    if "needle" in report:
+        lengths = report["needle"]["lengths"]
+        lines.append("needle accuracy   " + "".join(f"{n:>8}" for n in lengths))
+        for kind, rows in report["needle"]["by_kind"].items():
+            lines.append(f"  {kind:<16}" + "".join(f"{rows[str(n)]['accuracy']:8.2f}" for n in lengths))
+    if "associative" in report:
+        for n, row in report["associative"]["by_pairs"].items():
+            lines.append(f"associative recall, {n} pairs ({row['context_tokens']} tokens): accuracy "
+                         f"{row['accuracy']:.2f}, token accuracy {row['token_accuracy']:.2f}")
+    return "\n".join(lines)
+
+
+def _write_json(report: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"[hope] report: {path}")
+
+
+def lm_eval(argv: Sequence[str]) -> None:
+    """``hope eval lm-eval ARGS``: lm-evaluation-harness's own CLI with the ``hope`` model registered."""
+    try:
+        from hope.evaluation.lm_eval_adapter import run_lm_eval
+    except ModuleNotFoundError as err:
+        if err.name is None or not err.name.startswith("lm_eval"):
+            raise
+        raise SystemExit('lm-evaluation-harness is not installed. Fix: pip install -e ".[lm-eval]"') from err
+    run_lm_eval(list(argv))
+
+
+DESCRIPTION = """Evaluate hope checkpoints. Subcommands: perplexity, retention, recall (below), and
+lm-eval: lm-evaluation-harness's own arguments with the `hope` model registered
+(hope eval lm-eval --model hope --model_args checkpoint=PATH --tasks TASKS)."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("lm-eval", "lm_eval"):
+        lm_eval(args[1:])
+        return
+    CLI([perplexity, retention, recall], args=args, description=DESCRIPTION, prog="hope eval")

@@ -1,0 +1,158 @@
+"""Tasks for the sequential-task (continual-learning) harness: training text, a test set, and its metric.
+
+A ``Task`` is data: ``name``, ``train`` (texts a method learns from) and ``test`` (a ``TestSet``, which knows its
+metric and evaluates a model). A test set scores the model *as the method presents it*: the method may hand over
+an ``EvalContext`` with tokens to prepend (in-context learning) and/or a recurrent state to start from
+(test-time memory). Two test sets cover the built-in suites:
+
+- ``CandidateRanking`` (metric ``accuracy``): a prompt and candidate answers; the answer counts as correct when
+  its summed log-likelihood after the prompt is the highest (lm-eval's ``acc`` for multiple choice). For tiny
+  models this is far more robust than exact-match on greedy generations, which stays at 0 until a model is
+  strong, and its chance level (1 / candidates) is known.
+- ``HeldOutPerplexity`` (metric ``perplexity``): token perplexity of held-out text, in chunks of ``chunk``
+  tokens; each chunk's first token is context only, so the same tokens are scored with and without a prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from hope.evaluation.scoring import Window, continuation_logprobs, read_context, score_windows
+from hope.tokenizer import Tokenizer
+
+
+@dataclass
+class EvalContext:
+    """What a method adds when a task is tested: ``tokens`` prepended to every test input (the most recent ones
+    are kept if they do not fit; a stateful model reads the rest into its state) and ``state`` to start from."""
+
+    tokens: list[int] = field(default_factory=list)
+    state: list | None = None
+
+
+class TestSet(Protocol):
+    """A task's test split and metric."""
+
+    metric: str
+    """Name of the metric (``accuracy``, ``perplexity``, ...), shown in reports."""
+    higher_is_better: bool
+    chance: float | None
+    """The score of guessing, drawn in plots (``None`` if it has none)."""
+
+    def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float: ...
+
+
+@dataclass
+class Task:
+    """One task of a sequence: what is learned (``train``) and how it is tested (``test``)."""
+
+    name: str
+    train: list[str]
+    test: TestSet
+
+
+@dataclass
+class QAItem:
+    """A closed-book question: ``prompt`` is followed by one of ``candidates``; ``answer`` is the right one."""
+
+    prompt: str
+    answer: str
+    candidates: list[str]
+
+
+def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split: encode ``context + continuation`` whole and cut at the length of ``context`` alone, so
+    the continuation is tokenized as it would be in running text."""
+    whole = tokenizer.encode(context + continuation, bos=False)
+    ctx = tokenizer.encode(context, bos=False)
+    return ctx, whole[len(ctx) :]
+
+
+class CandidateRanking:
+    """Accuracy of picking the right answer among candidates by log-likelihood (ties go to the first)."""
+
+    metric = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, items: list[QAItem]) -> None:
+        if not items:
+            raise ValueError("CandidateRanking needs at least one item")
+        self.items = items
+        self.chance = sum(1 / len(item.candidates) for item in items) / len(items)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float:
+        prefix = _bos(tokenizer) + list(context.tokens)
+        correct = 0
+        for item in self.items:
+            pairs = [encode_pair(tokenizer, item.prompt, " " + c) for c in item.candidates]
+            scores = continuation_logprobs(model, prefix + pairs[0][0], [cont for _, cont in pairs], context.state)
+            best = max(range(len(scores)), key=lambda i: scores[i][0])
+            correct += item.candidates[best] == item.answer
+        return correct / len(self.items)
+
+
+class HeldOutPerplexity:
+    """Token perplexity of held-out texts, at most ``max_tokens`` of them, in chunks of ``chunk`` tokens."""
+
+    metric = "perplexity"
+    higher_is_better = False
+    chance = None
+
+    def __init__(self, texts: list[str], max_tokens: int = 4096, chunk: int = 128) -> None:
+        if chunk < 2:
+            raise ValueError(f"chunk={chunk} must be >= 2 (its first token is context only)")
+        self.texts, self.max_tokens, self.chunk = texts, max_tokens, chunk
+        self._tokens: dict[str, list[int]] = {}  # per tokenizer fingerprint: tokenized once, reused every row
+
+    def tokens(self, tokenizer: Tokenizer) -> list[int]:
+        """The test stream ``[bos] text [eos] ...``, cut to ``max_tokens``."""
+        if tokenizer.fingerprint not in self._tokens:
+            stream: list[int] = []
+            for ids in tokenizer.encode_batch(self.texts, bos=True, eos=True):
+                stream += ids
+                if len(stream) >= self.max_tokens:
+                    break
+            self._tokens[tokenizer.fingerprint] = stream[: self.max_tokens]
+        return self._tokens[tokenizer.fingerprint]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float:
+        stream = self.tokens(tokenizer)
+        room = max(model.config.max_seq_len + 1 - self.chunk, 0)  # prefix tokens that fit in a window with a chunk
+        prefix, state = read_context(model, context.tokens, room, context.state)
+        total, count = 0.0, 0
+        for start in range(0, len(stream) - 1, self.chunk):
+            piece = stream[start : start + self.chunk]
+            if len(piece) < 2:
+                break
+            seq = prefix + piece
+            scored = score_windows(model, seq, [Window(0, len(seq) - 1, len(piece) - 1)], state, carry=False)
+            total -= float(scored.logprobs[-(len(piece) - 1) :].sum())
+            count += len(piece) - 1
+        if count == 0:
+            raise ValueError("HeldOutPerplexity: the test texts have fewer than 2 tokens")
+        return math.exp(total / count)
+
+
+def _bos(tokenizer: Tokenizer) -> list[int]:
+    return [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+
+
+class TaskSuite:
+    """A named, seeded sequence of tasks. Subclasses implement ``tasks`` (and take their options in __init__,
+    so ``hope eval retention --suite NAME --suite.option value`` configures them)."""
+
+    name = "suite"
+
+    def tasks(self) -> list[Task]:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """The suite's options, for the report."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
