@@ -33,6 +33,9 @@ from hope.lit.module import HopeLitModule
 # Subcommands outside LightningCLI: name -> "module:function", called with the remaining arguments.
 EXTRA_COMMANDS: dict[str, str] = {
     "convert": "hope.convert:main",
+    "eval": "hope.evaluation.cli:main",
+    "finetune": "hope.finetune.cli:main",
+    "stack": "hope.stack:main",
 }
 
 

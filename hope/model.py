@@ -5,7 +5,8 @@ generation and test-time learning read naturally::
 
     logits_BTV, state = model(idx_BT, state)
 
-A Transformer++ block keeps no state (``state`` entries are None); memory families return theirs.
+A Transformer++ block keeps no state (``state`` entries are None); memory families return theirs (Titans:
+``hope.layers.titans``), and one call on a sequence equals any split of it into calls that carry the state.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from torch import nn
 
 from hope.config import ModelConfig
 from hope.layers.attention import CausalSelfAttention
+from hope.layers.hope_block import HopeAttentionBlock, HopeBlock
 from hope.layers.mlp import SwiGLU
 from hope.layers.norm import RMSNorm
+from hope.layers.titans import LMMBlock, MACBlock, MAGBlock, MALBlock
 
 
 class TransformerBlock(nn.Module):
     """Pre-norm Transformer++ block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    carries_state = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -36,7 +41,15 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), None
 
 
-BLOCKS: dict[str, type[nn.Module]] = {"transformer": TransformerBlock}
+BLOCKS: dict[str, type[nn.Module]] = {
+    "transformer": TransformerBlock,
+    "titans-mac": MACBlock,
+    "titans-mag": MAGBlock,
+    "titans-mal": MALBlock,
+    "titans-lmm": LMMBlock,
+    "hope": HopeBlock,
+    "hope-attention": HopeAttentionBlock,
+}
 
 
 class HopeLM(nn.Module):
@@ -53,17 +66,26 @@ class HopeLM(nn.Module):
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) for embeddings and linear weights; the projections that write into the residual
-        stream (attention ``proj``, MLP ``down``) use init_std / sqrt(2 * n_layer) (GPT-2), norms start at 1."""
+        stream (attention ``proj``, MLP ``down``, memory ``out_proj``) use init_std / sqrt(2 * n_layer) (GPT-2),
+        norms start at 1. Blocks with a memory then reset its own parameters (initial weights, gate biases)."""
         std = self.config.init_std
         residual_std = std / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear | nn.Embedding):
-                is_residual_out = name.endswith((".proj", ".down"))
+                is_residual_out = name.endswith((".proj", ".down", ".out_proj"))
                 nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual_out else std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+        for block in self.blocks:
+            if hasattr(block, "reset_memory_parameters"):
+                block.reset_memory_parameters()
+
+    @property
+    def carries_state(self) -> bool:
+        """Whether the blocks keep a recurrent state, so that a stream can be fed in pieces (see hope.generate)."""
+        return all(block.carries_state for block in self.blocks)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -6,6 +6,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The test models are tiny: one thread avoids inter-thread synchronisation that costs more than it saves (and
+# makes timings independent of how busy the machine is). Subprocess tests (Slurm, DeepSpeed) choose their own.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -2,7 +2,9 @@
 
 Logged to TensorBoard: ``train/loss``, ``train/ppl``, ``train/lr``, ``train/grad_norm`` (before clipping),
 ``train/tokens_per_sec`` (all ranks, wall clock between batches, data loading included), ``train/tokens``,
-``val/loss`` and ``val/ppl`` (token-weighted over the whole validation set, reduced across ranks).
+``val/loss`` and ``val/ppl`` (token-weighted over the whole validation set, reduced across ranks). HOPE families
+(CMS levels, one ``LevelOptimizer``) also log ``train/<level>/updates``, ``train/<level>/lr`` and
+``train/<level>/grad_norm`` for ``base`` and ``level1``, ``level2``, ...
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from hope.config import ModelConfig
+from hope.config import HOPE_FAMILIES, ModelConfig
 from hope.lit.checkpoint import load_model_weights
-from hope.lit.optim import OptimConfig, build_optimizer
+from hope.lit.optim import OptimConfig, build_level_optimizer, build_optimizer
 from hope.model import HopeLM
 
 
@@ -26,6 +28,15 @@ def next_token_loss(logits_BTV: torch.Tensor, labels_BT: torch.Tensor, reduction
     """Cross entropy in float32 over the (padded) vocabulary; label -100 is ignored."""
     return F.cross_entropy(logits_BTV.flatten(0, 1).float(), labels_BT.flatten(), ignore_index=-100,
                            reduction=reduction)
+
+
+def _level_groups(optimizer) -> dict[str, list[dict]]:
+    """Param groups of a LevelOptimizer by their ``level`` tag (empty for plain optimizers)."""
+    levels: dict[str, list[dict]] = {}
+    for group in getattr(optimizer, "param_groups", []):
+        if "level" in group and "step_count" in group:
+            levels.setdefault(group["level"], []).append(group)
+    return levels
 
 
 class HopeLitModule(L.LightningModule):
@@ -93,12 +104,23 @@ class HopeLitModule(L.LightningModule):
         if self._last_batch_end is not None:
             self.log("train/tokens_per_sec", tokens / (now - self._last_batch_end), prog_bar=True)
         self._last_batch_end = now
+        self._log_levels()
         self.log("train/tokens", float((self.global_step + 1) * tokens * self.trainer.accumulate_grad_batches))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
         if norms:  # DeepSpeed ZeRO keeps gradients in its own buffers; then there is nothing to read here
             self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
+        for level, groups in _level_groups(optimizer).items():
+            level_norms = [p.grad.detach().norm(2) for g in groups for p in g["params"] if p.grad is not None]
+            if level_norms:
+                self.log(f"train/{level}/grad_norm", torch.linalg.vector_norm(torch.stack(level_norms)))
+
+    def _log_levels(self) -> None:
+        """Per CMS level (HOPE's LevelOptimizer): updates applied so far and current lr (NL Eq. 31's schedule)."""
+        for level, groups in _level_groups(self.trainer.optimizers[0]).items():
+            self.log(f"train/{level}/updates", float(groups[0]["step_count"] // groups[0]["period"]))
+            self.log(f"train/{level}/lr", float(groups[0]["lr"]))
 
     def configure_optimizers(self):
         total = self.trainer.max_steps
@@ -106,6 +128,8 @@ class HopeLitModule(L.LightningModule):
             if self.optim.decay_steps is None:
                 raise ValueError("set trainer.max_steps (or model.optim.decay_steps): cosine needs an end.")
             total = self.optim.decay_steps
+        if self.config.family in HOPE_FAMILIES:  # CMS levels: one LevelOptimizer, its schedule built in
+            return {"optimizer": build_level_optimizer(self.model, self.optim, total)}
         optimizer, schedule = build_optimizer(self.model, self.optim, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -62,3 +62,25 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
         optimizer, lambda step: lr_factor(step, cfg.warmup_steps, decay_steps, cfg.min_lr_ratio)
     )
     return optimizer, schedule
+
+
+def build_level_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int) -> torch.optim.Optimizer:
+    """One ``hope.optim.LevelOptimizer`` for models with CMS levels (HOPE families): CMS level l of every block
+    steps every ``cms_level_periods[l]`` optimizer steps on its summed gradients with rule ``cms_level_rules[l]``
+    and peak lr ``lr * cms_level_lr_scale[l]`` (NL Eq. 31 in the outer loop); everything else is AdamW every step.
+    Every group runs the same warmup/cosine inside the optimizer (no LambdaLR), so the optimizer's state_dict
+    (step counters, partial gradient sums) is all that resume needs. Groups carry ``level`` ("base", "level1",
+    ...) for logging."""
+    from hope.optim.levels import LevelOptimizer, level_param_groups  # levels imports lr_factor from this module
+
+    mc = model.config
+    decay_steps = cfg.decay_steps if cfg.decay_steps is not None else total_steps
+    schedule = {"warmup_steps": cfg.warmup_steps, "decay_steps": decay_steps, "min_lr_ratio": cfg.min_lr_ratio}
+    common = {"schedule": schedule, "betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+    base = {**common, "rule": "adamw", "lr": cfg.lr, "period": 1, "level": "base"}
+    specs = zip(mc.cms_level_periods, mc.cms_level_rules, mc.cms_level_lr_scale, strict=True)
+    levels = [
+        {**common, "rule": rule, "lr": cfg.lr * scale, "period": period, "level": f"level{i + 1}"}
+        for i, (period, rule, scale) in enumerate(specs)
+    ]
+    return LevelOptimizer(level_param_groups(model, base, levels))

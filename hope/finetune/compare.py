@@ -1,0 +1,168 @@
+"""Compare the continual-learning methods on the synthetic-facts suite of the retention harness (CPU, minutes).
+
+    hope fit --config configs/pretrain/debug.yaml                         # 1. the debug model (runs/debug)
+    hope finetune --config configs/finetune/memory-layer.yaml             # 2. + a memory layer in block 2
+    python -m hope.finetune.compare --checkpoint runs/debug-memory/checkpoints/last.ckpt --out docs/finetune-comparison
+
+Every method starts from the same checkpoint and learns the same tasks in the same order. The checkpoint is the
+memory-layer model, as in SMF §5, where every baseline runs on the memory-augmented model. Outputs:
+
+- ``<out>.md``: one table.
+- ``<out>.png``: learning against forgetting. Left: general forgetting (relative perplexity increase on the default
+  corpus's validation split), SMF's "NQ drop" axis. Right: forgetting of the earlier facts.
+- ``<out>/<method>/retention.json``: the harness's full reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from hope.finetune.methods import (
+    EWC,
+    FinetuneMethod,
+    FullFinetune,
+    GradualUnfreezing,
+    LayerwiseLRDecay,
+    LoRA,
+    Replay,
+    SparseMemoryFinetune,
+    TaskLoop,
+)
+
+
+def default_methods(epochs: int, seq_len: int = 128) -> dict:
+    """The methods and the settings compared (tuned on the debug model; see docs/finetune-comparison.md)."""
+    from hope.evaluation.retention import InContext
+
+    def loop(lr: float) -> TaskLoop:
+        return TaskLoop(lr=lr, epochs=epochs, batch_size=8, seq_len=seq_len)
+
+    return {
+        "full": FullFinetune(loop=loop(1e-3)),
+        "lora": LoRA(rank=8, alpha=16.0, loop=loop(3e-3)),
+        # λ: a task's free drift costs Σ F Δθ² ≈ 5 (Fisher per 128-token sequence); F also covers general data
+        "ewc": EWC(lam=5.0, fisher_blocks=16, fisher_source="default", loop=loop(1e-3)),
+        "replay": Replay(buffer_ratio=0.25, general_ratio=0.25, general_blocks=128, loop=loop(1e-3)),
+        "llrd": LayerwiseLRDecay(decay=0.5, loop=loop(1e-3)),
+        "gradual-unfreezing": GradualUnfreezing(unfreeze_every=2, decay=0.385, loop=loop(1e-3)),
+        # SGD lr swept on task 1 (2 ... 5e4): the debug memory layer's small output needs a large one
+        "sparse-memory": SparseMemoryFinetune(top_t=256, background_batches=100, loop=loop(5000.0)),
+        "in-context": InContext(),  # the harness's no-update baseline
+    }
+
+
+def load_start(checkpoint: str):
+    from hope.evaluation.loading import resolve_tokenizer
+    from hope.finetune.checkpoint import load_finetuned
+    from hope.lit.checkpoint import load_checkpoint_file, load_model
+
+    model = load_finetuned(checkpoint) if "finetune" in load_checkpoint_file(checkpoint) else load_model(checkpoint)
+    return model, resolve_tokenizer(checkpoint)
+
+
+def compare(
+    checkpoint: str,
+    out: str = "docs/finetune-comparison",
+    methods: list[str] | None = None,
+    n_tasks: int = 3,
+    people_per_task: int = 6,
+    paraphrases: int = 3,
+    epochs: int = 10,
+    test_template: str = "heldout",
+    general_tokens: int = 4096,
+    seed: int = 0,
+) -> list[dict]:
+    """Run every method through ``run_retention`` and write the table, the plot and the reports.
+
+    Args:
+        checkpoint: the starting model (the memory-layer model, so that SMF can run).
+        out: path prefix of the outputs (``.md``, ``.png``, and a folder of reports).
+        methods: names from ``default_methods`` to run (default: all).
+        n_tasks: fact sets learned in order.
+        people_per_task: people per fact set (4 facts each).
+        paraphrases: training statements per fact.
+        epochs: passes over each task's text.
+        test_template: ``heldout`` (a question wording never trained on) or ``seen``.
+        general_tokens: tokens of general text scored before and after (perplexity).
+        seed: torch seed and the suite's seed.
+    """
+    from hope.evaluation.retention import SyntheticFacts, run_retention
+    from hope.evaluation.retention.harness import format_summary, general_perplexity_set, write_outputs
+
+    start, tokenizer = load_start(checkpoint)
+    suite = SyntheticFacts(n_tasks=n_tasks, people_per_task=people_per_task, paraphrases=paraphrases,
+                           test_template=test_template, seed=seed)
+    general = general_perplexity_set(general_tokens)
+    chosen = default_methods(epochs)
+    rows = []
+    for name in methods or list(chosen):
+        torch.manual_seed(seed)
+        model, began = copy.deepcopy(start), time.perf_counter()
+        report = run_retention(model, tokenizer, suite, chosen[name], general, progress=False)
+        report["checkpoint"] = str(checkpoint)
+        write_outputs(report, Path(out) / name)
+        print(format_summary(report), flush=True)
+        trains = isinstance(chosen[name], FinetuneMethod)  # InContext updates no weight
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad) if trains else 0
+        rows.append(summarize(name, report, trained, time.perf_counter() - began))
+    Path(f"{out}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    Path(f"{out}.md").write_text(table(rows, checkpoint, suite) + "\n")
+    draw(rows, f"{out}.png")
+    return rows
+
+
+def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
+    g, s = report["general"], report["summary"]
+    return {"method": name, "learning_accuracy": s["learning_accuracy"], "average_accuracy": s["average_accuracy"],
+            "forgetting": s["forgetting"], "backward_transfer": s["backward_transfer"], "chance": report["chance"],
+            "general_before": g["before"], "general_after": g["after"], "general_increase": g["relative_drop"],
+            "trainable_params": trained, "seconds": round(seconds, 1)}
+
+
+def table(rows: list[dict], checkpoint: str, suite) -> str:
+    head = ("| method | learned (acc. right after each task) | final avg. acc. | forgetting of facts | BWT | "
+            "general ppl before → after | general ppl increase | trainable params | seconds |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    lines = [f"| {r['method']} | {r['learning_accuracy']:.3f} | {r['average_accuracy']:.3f} | {r['forgetting']:.3f} | "
+             f"{r['backward_transfer']:+.3f} | {r['general_before']:.2f} → {r['general_after']:.2f} | "
+             f"{r['general_increase']:+.1%} | {r['trainable_params']:,} | {r['seconds']} |" for r in rows]
+    return "\n".join([f"Start: `{checkpoint}`; suite: {suite.name} {suite.config()}; chance "
+                      f"{rows[0]['chance']:.3f}.\n", head, *lines])
+
+
+def draw(rows: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[hope] matplotlib is not installed; no plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    for ax, key, label in ((axes[0], "general_increase", "general forgetting: relative perplexity increase"),
+                           (axes[1], "forgetting", "forgetting of earlier facts (accuracy)")):
+        for r in rows:
+            ax.scatter(r[key], r["learning_accuracy"])
+            ax.annotate(r["method"], (r[key], r["learning_accuracy"]), fontsize=8, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.axhline(rows[0]["chance"], color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("learned: accuracy right after each task")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("Learning vs forgetting (up and left is better; dashed: chance)", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(compare, as_positional=False)

@@ -1,0 +1,170 @@
+"""``FinetuneMethod``: one object per continual-learning method, used by ``hope finetune`` and by the retention harness.
+
+A method is a set of hooks around an ordinary next-token training step. ``hope finetune``
+(``hope.finetune.module.FinetuneLitModule``) calls them from Lightning; the retention harness calls
+``setup``/``learn``/``eval_context`` (``hope.evaluation.retention.ContinualMethod``), and ``learn`` runs the same
+hooks in a small loop of its own (settings in ``TaskLoop``). The hooks, in the order they run:
+
+=========================  =======================================================================================
+``prepare(model)``         structural changes: LoRA adapters, memory-layer settings (idempotent; before weights load)
+``trains(name)``           which parameters may train (combined with ``freeze``/``train_only`` patterns)
+``lr_scales(model)``       per-parameter lr multipliers (layer-wise decay)
+``make_optimizer(groups)`` AdamW by default; SMF uses SGD
+``setup_data(model, ...)`` data-dependent state that is missing: EWC's Fisher, SMF's background, replay's pool
+``mix_batch(batch, step)`` the batch actually trained on (replay appends earlier/general examples)
+``penalty(model)``         a term added to the loss (EWC)
+``before_optimizer_step``  after backward, before clipping and the step (gradual unfreezing drops gradients)
+``end_task(model, ...)``   after a harness task (EWC: Fisher and anchor; replay: fill the buffer)
+``state_dict()``           what a checkpoint must keep to resume exactly (Fisher, anchor, buffer)
+=========================  =======================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hope.evaluation.retention.methods import ContinualMethod
+from hope.evaluation.retention.tasks import Task
+from hope.finetune.data import batches, text_blocks
+from hope.finetune.params import configure_trainable, param_groups
+from hope.tokenizer import Tokenizer
+
+
+@dataclass
+class TaskLoop:
+    """How a method learns one task of the retention harness by itself (``hope finetune`` uses the Trainer and
+    ``model.optim`` instead). Each task gets a fresh optimizer at a constant lr."""
+
+    lr: float = 1e-3
+    """Learning rate (1e-3 suits the ~3M-parameter debug models with AdamW; SMF with SGD uses ~1 to 5)."""
+    epochs: int = 10
+    """Passes over each task's training text."""
+    batch_size: int = 8
+    """Sequences per step (before replay adds its own)."""
+    seq_len: int = 128
+    """Tokens per sequence (at most the model's max_seq_len)."""
+    weight_decay: float = 0.0
+    """Weight decay of matrices (AdamW's decoupled decay)."""
+    grad_clip: float = 1.0
+    """Max gradient norm (0: no clipping)."""
+    seed: int = 0
+    """Order of the texts in each epoch."""
+
+
+def step_loss(method: FinetuneMethod, model: nn.Module, batch: dict[str, torch.Tensor]):
+    """``(loss to backpropagate, next-token loss, penalty or None)`` of one batch."""
+    from hope.lit.module import next_token_loss
+
+    logits, _ = model(batch["input_ids"])
+    lm_loss = next_token_loss(logits, batch["labels"])
+    penalty = method.penalty(model)
+    return (lm_loss if penalty is None else lm_loss + penalty), lm_loss, penalty
+
+
+class FinetuneMethod(ContinualMethod):
+    """Base class: full finetuning (every hook is a no-op). See the module docstring for the hooks.
+
+    Args:
+        loop: how ``learn`` trains on a task of the retention harness.
+    """
+
+    name = "full"
+
+    def __init__(self, loop: TaskLoop | None = None) -> None:
+        self.loop = loop if loop is not None else TaskLoop()
+        self._tasks_learned = 0
+
+    # -- model structure and trainability ------------------------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> None:
+        """Change the model's structure (adapters, layer settings). Called again on a prepared model: idempotent."""
+
+    def trains(self, name: str) -> bool:
+        """Whether parameter ``name`` may train."""
+        return True
+
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        """Multipliers of the peak lr by parameter name (missing: 1)."""
+        return {}
+
+    def make_optimizer(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.95),
+                       eps: float = 1e-8) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, betas=betas, eps=eps)
+
+    def structure(self) -> dict:
+        """What ``load_finetuned`` needs to rebuild the model's structure without the method (LoRA: its modules)."""
+        return {}
+
+    # -- data-dependent state, every step, after a task ------------------------------------------------------------
+    def setup_data(self, model: nn.Module, tokenizer: Tokenizer, seq_len: int) -> None:
+        """Build the data-dependent state that is missing (not what a resumed checkpoint restored)."""
+
+    def check_finetune(self) -> None:
+        """Raise if ``hope finetune`` (which has no earlier tasks in hand) lacks a setting the method needs."""
+
+    def mix_batch(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        return batch
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def before_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Gradients are computed; clipping and the optimizer step follow."""
+
+    def end_task(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """The model has learned a task whose blocks are ``inputs``/``labels``."""
+
+    def step_stats(self) -> dict[str, float]:
+        """Extra statistics of the last step, logged as ``train/<key>`` and in ``learn``'s result."""
+        return {}
+
+    # -- checkpoint state ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"tasks_learned": self._tasks_learned}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._tasks_learned = state.get("tasks_learned", 0)
+
+    # -- the retention harness (ContinualMethod) ---------------------------------------------------------------
+    def setup(self, model: nn.Module, tokenizer: Tokenizer) -> None:
+        self.prepare(model)
+        configure_trainable(model, self.trains)
+        self.setup_data(model, tokenizer, self.seq_len_for(model))
+
+    def seq_len_for(self, model: nn.Module) -> int:
+        return min(self.loop.seq_len, model.config.max_seq_len)
+
+    def learn(self, model: nn.Module, task: Task, tokenizer: Tokenizer) -> dict[str, float]:
+        loop, seq_len = self.loop, self.seq_len_for(model)
+        device = next(model.parameters()).device
+        groups = param_groups(model, loop.lr, loop.weight_decay, self.lr_scales(model))
+        optimizer = self.make_optimizer(groups)
+        trainable = [p for g in groups for p in g["params"]]
+        model.train()
+        losses, step, stats = [], 0, {}
+        for epoch in range(loop.epochs):
+            # texts reshuffled every epoch, then packed (as the harness's FullFinetune does)
+            seed = f"{loop.seed}/{self._tasks_learned}/{epoch}"
+            for batch in batches(*text_blocks(task.train, tokenizer, seq_len, seed=seed), loop.batch_size):
+                batch = {k: v.to(device) for k, v in self.mix_batch(batch, step).items()}
+                loss, lm_loss, _ = step_loss(self, model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.before_optimizer_step(model, step)
+                if loop.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(trainable, loop.grad_clip)
+                optimizer.step()
+                losses.append(lm_loss.item())
+                stats = self.step_stats()
+                step += 1
+        model.eval()
+        self.end_task(model, *text_blocks(task.train, tokenizer, seq_len))
+        self._tasks_learned += 1
+        return {"steps": float(step), "loss_first": losses[0], "loss_last": losses[-1], **stats}
+
+    def config(self) -> dict:
+        return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                for k, v in vars(self).items() if not k.startswith("_")}

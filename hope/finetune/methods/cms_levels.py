@@ -1,0 +1,53 @@
+"""HOPE-native finetuning: train only chosen levels of the Continuum Memory System (Nested Learning §3, Eq. 31).
+
+A CMS is a chain of MLP levels with different update frequencies (``hope.layers.cms``); the slow levels hold
+long-lived knowledge and the fast ones adapt. Finetuning only some levels (e.g. the fast ones) keeps the rest of the
+model exactly as pretrained. The levels' parameters are named ``blocks.{block}.cms.levels.{level}.*`` in the HOPE
+family (``pattern`` says otherwise if a model names them differently), so this method is a name-pattern filter:
+the same as ``train_only: [blocks.*.cms.levels.2.*]`` on the run, packaged as a method the retention harness can
+run. It trains the levels' stored weights (the outer loop); the in-context updates a HOPE model makes while it
+reads (``forward(..., learn=True)``) are part of its forward pass and run as the model defines them.
+
+Until the HOPE family is in ``hope.model``, no preset has such parameters: the method then stops with an error that
+says so (tests check it on a model that carries a ``ContinuumMemory`` under that name).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hope.finetune.methods.base import FinetuneMethod, TaskLoop
+from hope.finetune.params import matches_any
+
+
+class CMSLevels(FinetuneMethod):
+    """Train only the chosen CMS levels (of the chosen blocks), plus any ``also`` patterns; freeze the rest.
+
+    Args:
+        levels: CMS level indices to train (0 = the first level of the chain).
+        blocks: block indices whose levels train (None: every block).
+        also: further parameter-name patterns that train too (e.g. ``[head.weight]``).
+        pattern: how a level's parameters are named; ``{block}`` and ``{level}`` are filled in.
+        loop: how ``learn`` trains on a task of the retention harness.
+    """
+
+    name = "cms_levels"
+
+    def __init__(self, levels: list[int], blocks: list[int] | None = None, also: list[str] | None = None,
+                 pattern: str = "blocks.{block}.cms.levels.{level}.*", loop: TaskLoop | None = None) -> None:
+        super().__init__(loop)
+        if not levels:
+            raise ValueError("CMSLevels needs at least one level to train.")
+        self.levels, self.blocks, self.also, self.pattern = levels, blocks, also or [], pattern
+        block_keys = ["*"] if blocks is None else [str(b) for b in blocks]
+        self._patterns = [pattern.format(block=b, level=lvl) for b in block_keys for lvl in levels] + self.also
+
+    def prepare(self, model: nn.Module) -> None:
+        names = [n for n, _ in model.named_parameters()]
+        if not any(matches_any(n, self._patterns[: len(self._patterns) - len(self.also)]) for n in names):
+            family = getattr(getattr(model, "config", None), "family", "?")
+            raise ValueError(f"CMSLevels: no parameter matches {self._patterns}; this model (family {family!r}) has "
+                             "no CMS levels under that name. Use a HOPE-family model, or set `pattern`.")
+
+    def trains(self, name: str) -> bool:
+        return matches_any(name, self._patterns)

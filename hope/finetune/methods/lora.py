@@ -1,0 +1,147 @@
+"""LoRA (Hu et al. 2021): a frozen linear layer plus a trainable low-rank update, W x + (alpha / r) B A x.
+
+``LoRALinear`` subclasses ``nn.Linear`` and keeps the *same* ``weight`` Parameter as the layer it wraps, so base
+parameter names are unchanged (``blocks.0.attn.qkv.weight``): pretrained checkpoints load into a LoRA model, and a
+merged-then-removed model (``remove_lora``) is a plain ``HopeLM`` again. ``B`` starts at zero, so a fresh adapter
+does not change the model. While training, the base weights never change (they do not require grad): they stay
+bit-identical. ``merge`` adds (alpha / r) B A into the weight for inference; ``unmerge`` subtracts it again (exact
+up to float rounding, as in peft).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hope.finetune.methods.base import FinetuneMethod, TaskLoop
+from hope.finetune.params import matches_any
+
+
+class LoRALinear(nn.Linear):
+    """``base`` (its weight and bias are shared, not copied) plus a rank-``rank`` adapter ``lora_b @ lora_a``."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        nn.Module.__init__(self)  # not nn.Linear.__init__: that would allocate a new weight
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, **factory))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # peft's init; B = 0 keeps the model unchanged
+        self.dropout = nn.Dropout(dropout)
+        self.merged = False
+
+    def delta(self) -> torch.Tensor:
+        return (self.lora_b @ self.lora_a) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return y
+        return y + F.linear(F.linear(self.dropout(x), self.lora_a), self.lora_b) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.weight += self.delta()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight -= self.delta()
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0) -> list[str]:
+    """Wrap every ``nn.Linear`` whose module name matches a ``targets`` pattern (already wrapped ones are kept).
+    Returns the wrapped module names; raises if none matches."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches_any(n, targets)]
+    if not names:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(f"LoRA targets {targets} match no linear layer; linear layers are named like {linears[:4]}.")
+    for name in names:
+        if not isinstance(model.get_submodule(name), LoRALinear):
+            _set_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
+    return names
+
+
+def lora_modules(model: nn.Module) -> list[LoRALinear]:
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
+
+
+def merge_lora(model: nn.Module) -> None:
+    for module in lora_modules(model):
+        module.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for module in lora_modules(model):
+        module.unmerge()
+
+
+def remove_lora(model: nn.Module) -> None:
+    """Merge every adapter and put plain ``nn.Linear`` layers back (same weight Parameters): a plain model."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            module.merge()
+            plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            plain.weight, plain.bias = module.weight, module.bias
+            _set_module(model, name, plain)
+
+
+class LoRA(FinetuneMethod):
+    """Train low-rank adapters on chosen linear layers; everything else stays frozen.
+
+    Args:
+        rank: adapter rank r (SMF's sweep: 32-256 on a 1.3B model; 4-16 suits the debug models).
+        alpha: scale numerator; the update is (alpha / rank) B A.
+        dropout: dropout on the adapter's input.
+        targets: module-name patterns of the linear layers to adapt (globs, or regex after ``re:``); the default
+            takes every linear layer of every block (attention and MLP), not the embedding or the head.
+        merge_after_task: in the retention harness, merge the adapter into the weights after each task and start
+            the next task from a fresh adapter (False: one adapter learns the whole sequence).
+        loop: how ``learn`` trains on a task of the retention harness.
+    """
+
+    name = "lora"
+
+    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, targets: list[str] | None = None,
+                 merge_after_task: bool = False, loop: TaskLoop | None = None) -> None:
+        super().__init__(loop)
+        if rank < 1:
+            raise ValueError(f"LoRA rank={rank} must be >= 1.")
+        self.rank, self.alpha, self.dropout = rank, alpha, dropout
+        self.targets = targets if targets is not None else ["blocks.*"]
+        self.merge_after_task = merge_after_task
+        self._modules: list[str] = []
+
+    def prepare(self, model: nn.Module) -> None:
+        self._modules = apply_lora(model, self.targets, self.rank, self.alpha, self.dropout)
+
+    def trains(self, name: str) -> bool:
+        return name.endswith((".lora_a", ".lora_b"))
+
+    def structure(self) -> dict:
+        return {"lora": {"modules": self._modules, "rank": self.rank, "alpha": self.alpha}}
+
+    def end_task(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.merge_after_task:
+            for module in lora_modules(model):
+                module.merge()
+                module.merged = False  # the weight keeps the update; the adapter restarts from B = 0
+                with torch.no_grad():
+                    nn.init.kaiming_uniform_(module.lora_a, a=math.sqrt(5))
+                    module.lora_b.zero_()

@@ -1,0 +1,83 @@
+"""Sampling from a HopeLM.
+
+    tokens, state = generate(model, prompt_BT, max_new_tokens=200, temperature=0.8, top_k=50)
+    tokens, state = generate(model, reply_BT, max_new_tokens=200, state=state)     # continue the same stream
+
+How the context is carried depends on the family.
+
+**Memory families (Titans)** carry their recurrent state, so every token goes through the model exactly once.
+- The prompt is fed first, in pieces of at most ``max_seq_len`` tokens.
+- Then each sampled token is fed on its own.
+
+Streaming through the state is exact (``tests/test_titans_models.py``), so the tokens are those of recomputing
+the whole sequence at every step (``tests/test_generate.py``). The cost per token stays constant however long the
+stream runs: the memory is fixed-size, and attention reaches only a window or a segment.
+
+**Transformer++** has no KV cache yet. Each step recomputes the logits over the last ``max_seq_len`` tokens, as
+nanoGPT does, which costs O(context) per token, and ``state`` stays None. To continue, call again with the whole
+sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hope.model import HopeLM
+
+__all__ = ["generate", "sample"]
+
+
+def sample(logits_BV: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next tokens [B, 1] from last-position logits [B, V]: greedy when temperature is 0, else softmax sampling
+    at that temperature over the top_k most likely tokens (all tokens if None)."""
+    if temperature == 0:
+        return logits_BV.argmax(dim=-1, keepdim=True)
+    logits_BV = logits_BV.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits_BV, min(top_k, logits_BV.shape[-1])).values[:, -1:]
+        logits_BV = logits_BV.masked_fill(logits_BV < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits_BV, dim=-1), 1, generator=generator)
+
+
+def _feed(model: HopeLM, idx_BT: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
+    """Stream idx through the model in pieces of at most max_seq_len; logits of the last piece, final state."""
+    for start in range(0, idx_BT.shape[1], model.config.max_seq_len):
+        logits, state = model(idx_BT[:, start : start + model.config.max_seq_len], state)
+    return logits, state
+
+
+@torch.no_grad()
+def generate(
+    model: HopeLM,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    state: list | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, list | None]:
+    """Sample ``max_new_tokens`` tokens after ``idx`` [B, T >= 1].
+
+    For memory families, ``state`` is what an earlier call returned, and ``idx`` holds the tokens that come after
+    those the state has seen. Returns ``idx`` followed by the new tokens [B, T + max_new_tokens], and the state
+    after all of them, or None for Transformer++ (see the module docstring). Logits of the padded vocabulary
+    entries are never sampled.
+    """
+    if idx.shape[1] < 1:
+        raise ValueError("generate needs at least one token in idx (e.g. BOS) to condition on.")
+    vocab = model.config.vocab_size
+    if not model.carries_state:
+        if state is not None:
+            raise ValueError(f"model.family={model.config.family!r} keeps no state; pass the whole sequence as idx.")
+        context = idx
+        for _ in range(max_new_tokens):
+            logits, _ = model(context[:, -model.config.max_seq_len :])
+            context = torch.cat([context, sample(logits[:, -1, :vocab], temperature, top_k, generator)], dim=1)
+        return context, None
+    logits, state = _feed(model, idx, state)
+    tokens = [idx]
+    for _ in range(max_new_tokens):
+        tokens.append(sample(logits[:, -1, :vocab], temperature, top_k, generator))
+        logits, state = model(tokens[-1], state)  # the last one too, so that the state has seen every token
+    return torch.cat(tokens, dim=1), state

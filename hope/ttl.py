@@ -1,0 +1,114 @@
+"""Test-time learning for HOPE models: the CMS levels keep learning from the stream (NL Eq. 31, in context).
+
+    learner = TestTimeLearner(model, inner_lr=1e-3)           # objective "teach": the LM loss's gradient
+    logits, state = learner.step(idx_BT, state=None)            # read the stream, learn from it
+    logits, state = learner.step(more_BT, state)                # continue the same streams
+    state = learner.discard(state)                              # forget what was learned (keep the context)
+    state = learner.consolidate(state)                          # or write it into the model's weights
+
+Level l of every block's CMS takes one step every ``cms_periods[l]`` tokens of the stream, on the gradients summed
+over those tokens (``hope.layers.cms``). With objective ``"teach"`` the gradient is that of the next-token loss
+(summed, so each stream's update is independent of the batch) through the LM head:
+
+1. ``step`` cuts the input into pieces that never cross an update of the fastest level, so every token of a piece
+   reads the same fast weights;
+2. per piece, a forward pass records each CMS layer's input and output y, the loss is taken on the piece's own
+   next-token pairs (tokens seen, no look-ahead), and dL/dy of every CMS layer is backpropagated;
+3. each CMS layer then learns from the piece with ``teach = dL/dy`` (exact: y is the same as in step 2).
+
+The pair (last token of a piece, first token of the next) teaches nothing: its target arrives in the next call,
+after the graph of the previous piece is gone. The fast weights live in the state (per stream), never in the
+model, until ``consolidate``. The in-context steps are not differentiated (no meta-gradient through them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hope.layers.cms import ContinuumMemory
+from hope.layers.hope_block import HopeState
+from hope.lit.module import next_token_loss
+from hope.model import HopeLM
+
+__all__ = ["TestTimeLearner"]
+
+
+class TestTimeLearner:
+    """Drives in-context learning of a HOPE / Hope-Attention model's CMS levels; see the module docstring.
+
+    Args:
+        model: a HopeLM whose blocks have a ``cms`` (families ``hope`` and ``hope-attention``).
+        inner_lr: step size of every level (or one per level); None keeps the model's ``cms_inner_lr``.
+            Setting it changes the CMS modules of ``model`` (they hold the in-context step sizes).
+        objective: "teach" (next-token loss) or "reconstruction" (layer-local; no loss needed); None keeps the
+            model's.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, model: HopeLM, inner_lr: float | list[float] | None = None, objective: str | None = None):
+        self.model = model
+        self.cms: list[ContinuumMemory] = [getattr(block, "cms", None) for block in model.blocks]
+        if any(cms is None for cms in self.cms):
+            raise ValueError(f"model.family={model.config.family!r} has no CMS levels; use a hope or hope-attention "
+                             "model.")
+        for cms in self.cms:
+            if inner_lr is not None:
+                cms.inner_lr = [inner_lr] * len(cms.levels) if isinstance(inner_lr, int | float) else list(inner_lr)
+            if objective is not None:
+                if objective not in ("teach", "reconstruction"):
+                    raise ValueError(f"objective={objective!r}; choose 'teach' or 'reconstruction'")
+                cms.objective = objective
+
+    def _piece_len(self, state: list | None) -> int:
+        """Tokens until the next update of any level (a piece never crosses one; see the module docstring)."""
+        cms_state = None if state is None else state[0].cms
+        pos = 0 if cms_state is None else cms_state.position
+        return min(C - pos % C for C in self.cms[0].periods)
+
+    def step(self, idx_BT: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
+        """Logits [B, T, V] of the stream piece (each token read with the fast weights learned before it) and the
+        advanced state (mixer context and CMS fast weights, detached)."""
+        logits, start = [], 0
+        while start < idx_BT.shape[1]:
+            end = min(idx_BT.shape[1], start + self._piece_len(state))
+            piece_logits, state = self._learn(idx_BT[:, start:end], state)
+            logits.append(piece_logits)
+            start = end
+        return torch.cat(logits, dim=1), state
+
+    def _learn(self, idx_BT: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
+        model = self.model
+        state = state if state is not None else [HopeState(None, None)] * len(model.blocks)
+        with torch.enable_grad():
+            x = model.embed(idx_BT).detach().requires_grad_()  # a graph even if the weights are frozen
+            inputs, outputs, mixer_states = [], [], []
+            for block, block_state in zip(model.blocks, state, strict=True):
+                o, mixer_state = block.mix(x, block_state.mixer)
+                x, _ = block.cms(o, block_state.cms)  # learn=False: the fast weights in the state
+                inputs.append(o)
+                outputs.append(x)
+                mixer_states.append(mixer_state)
+            logits = model.head(model.norm(x))
+            teach = [None] * len(outputs)
+            if self.cms[0].objective == "teach":
+                if idx_BT.shape[1] > 1:
+                    loss = next_token_loss(logits[:, :-1], idx_BT[:, 1:], reduction="sum")
+                    teach = list(torch.autograd.grad(loss, outputs))
+                else:  # no pair inside the piece: nothing to learn from, but positions still advance
+                    teach = [torch.zeros_like(y) for y in outputs]
+        new_state = []
+        for block, o, t, mixer_state, block_state in zip(model.blocks, inputs, teach, mixer_states, state, strict=True):
+            _, cms_state = block.cms(o.detach(), block_state.cms, learn=True, teach=t)
+            new_state.append(HopeState(mixer_state, cms_state).detach())
+        return logits.detach(), new_state
+
+    def discard(self, state: list) -> list:
+        """The same streams with the CMS's in-context learning forgotten (the mixers' context is kept)."""
+        return [HopeState(s.mixer, None) for s in state]
+
+    def consolidate(self, state: list) -> list:
+        """Write the fast weights into the model (mean over the batch; exact for one stream), so that a deployed
+        model keeps what it learned; returns the state with no pending change (position and partial sums kept)."""
+        return [HopeState(s.mixer, None if s.cms is None else cms.consolidate(s.cms))
+                for cms, s in zip(self.cms, state, strict=True)]

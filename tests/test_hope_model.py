@@ -1,0 +1,121 @@
+"""HOPE and Hope-Attention models: streaming state, config validation, and `hope fit` with per-level optimizers."""
+
+import shutil
+
+import pytest
+import torch
+
+from hope.cli import main
+from hope.config import ModelConfig
+from hope.model import HopeLM
+from tests.test_cli import fit_args, fit_recording
+
+FAMILIES = ["hope", "hope-attention"]
+SMALL = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=64, padding_multiple=8, max_seq_len=128,
+             hope_chunk_size=4, hope_memory_chunk_size=8, cms_hidden=[16, 24, 8], cms_periods=[4, 8, 16])
+
+
+def small_model(family: str, **overrides) -> HopeLM:
+    torch.manual_seed(0)
+    return HopeLM(ModelConfig(family=family, **{**SMALL, **overrides})).double()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_halves_equal_one_call(family):
+    model = small_model(family)
+    idx = torch.randint(0, 64, (2, 40))
+    full, _ = model(idx)
+    first, state = model(idx[:, :17])
+    second, _ = model(idx[:, 17:], state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_backward_reaches_every_parameter(family):
+    model = small_model(family)
+    logits, _ = model(torch.randint(0, 64, (1, 24)))
+    logits.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+def test_presets_build_and_are_cpu_sized():
+    for family in FAMILIES:
+        cfg = ModelConfig.from_preset(f"{family}-debug")
+        assert cfg.family == family and cfg.n_embd == 128 and cfg.max_seq_len >= 1024
+        assert HopeLM(cfg).num_parameters() < 5e6
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"cms_hidden": [8, 8]}, "model.cms_hidden=[8, 8] has 2 entries but model.cms_periods=[4, 8, 16]"),
+        ({"cms_level_periods": [1, 2]}, "model.cms_level_periods=[1, 2] has 2 entries"),
+        ({"cms_level_rules": ["adamw", "lion", "sgd"]}, "unknown rules ['lion']"),
+        ({"cms_periods": [4, 0, 16]}, "each period >= 1 token"),
+        ({"cms_objective": "mse"}, "model.cms_objective='mse'"),
+        ({"hope_chunk_size": 0}, "model.hope_chunk_size=0 must be >= 1"),
+        ({"cms_inner_lr": -1.0}, "model.cms_inner_lr=-1.0"),
+    ],
+)
+def test_invalid_hope_values_are_clear(overrides, message):
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ModelConfig(family="hope", **{**SMALL, **overrides})
+
+
+# -- hope fit with the LevelOptimizer ----------------------------------------------------------------------------
+HOPE_OVERRIDES = ('{"n_layer": 2, "n_embd": 64, "n_head": 2, "cms_hidden": [32, 32, 32], "cms_periods": [4, 8, 16],'
+                  ' "cms_level_periods": [1, 2, 4], "cms_level_rules": ["adamw", "sgd", "deep_momentum"],'
+                  ' "cms_level_lr_scale": [1.0, 0.5, 0.1], "hope_chunk_size": 8, "hope_memory_chunk_size": 8}')
+
+
+def hope_fit_args(root, corpus, preset, steps=6):
+    return fit_args(root, corpus, "--model.preset", preset, "--model.overrides", HOPE_OVERRIDES, steps=steps)
+
+
+@pytest.mark.parametrize("preset", ["hope-debug", "hope-attention-debug"])
+def test_fit_logs_levels(tmp_path, text_corpus, preset):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hope.lit.checkpoint import load_checkpoint_file
+    from hope.optim import LevelOptimizer  # noqa: F401  (the optimizer whose state dict is checked)
+
+    root = tmp_path / "run"
+    main(hope_fit_args(root, text_corpus, preset, steps=4))
+    events = EventAccumulator(str(next((root / "lightning_logs").glob("version_0")))).Reload()
+    tags = set(events.Tags()["scalars"])
+    for level in ("base", "level1", "level2", "level3"):
+        assert {f"train/{level}/updates", f"train/{level}/lr", f"train/{level}/grad_norm"} <= tags, level
+    updates = {lv: events.Scalars(f"train/{lv}/updates")[-1].value for lv in ("level1", "level2", "level3")}
+    assert updates == {"level1": 4, "level2": 2, "level3": 1}  # periods 1, 2, 4 after 4 optimizer steps
+    ckpt = load_checkpoint_file(root / "checkpoints" / "last.ckpt")
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert {g["level"]: g["rule"] for g in groups} == {"base": "adamw", "level1": "adamw", "level2": "sgd",
+                                                       "level3": "deep_momentum"}
+    assert isinstance(LevelOptimizer, type)
+    assert all(g["step_count"] == ckpt["global_step"] for g in groups)
+
+
+def test_levels_step_only_on_their_period(tmp_path, text_corpus):
+    from hope.cli import build_cli
+
+    cli = build_cli(hope_fit_args(tmp_path / "p", text_corpus, "hope-debug", steps=3)[1:], run=False)
+    fast, slow = (cli.model.model.blocks[0].cms.levels[i].mlp.down.weight for i in (0, 2))
+    fast_before, slow_before = fast.detach().clone(), slow.detach().clone()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    torch.testing.assert_close(slow.detach(), slow_before, rtol=0, atol=0)  # period 4: not stepped after 3 steps
+    assert not torch.equal(fast.detach(), fast_before)
+
+
+def test_resume_mid_period_is_exact(tmp_path, text_corpus):
+    """Step 3 is mid-period for levels 2 (period 2) and 3 (period 4): their partial gradient sums must resume."""
+    full = fit_recording(hope_fit_args(tmp_path / "a", text_corpus, "hope-debug"))
+    resumed_root = tmp_path / "b"
+    (resumed_root / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "a" / "checkpoints" / "step000003.ckpt", resumed_root / "checkpoints" / "last.ckpt")
+    resumed = fit_recording(hope_fit_args(resumed_root, text_corpus, "hope-debug"), ckpt_path="last")
+    assert sorted(resumed) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert resumed[step] == full[step], f"step {step}: {resumed[step]} != {full[step]}"

@@ -1,0 +1,76 @@
+"""Layer-wise lr decay, gradual unfreezing and CMS-level finetuning: what trains, and at which lr."""
+
+import pytest
+import torch
+from torch import nn
+
+from hope.finetune.methods import CMSLevels, GradualUnfreezing, LayerwiseLRDecay
+from hope.finetune.params import configure_trainable, param_groups
+from hope.layers.cms import ContinuumMemory
+from tests.test_finetune_params import changed, snapshot, tiny_model, train_steps
+
+
+def test_llrd_gives_the_documented_lrs():
+    model = tiny_model(n_layer=4)
+    groups = param_groups(model, 1.0, 0.0, LayerwiseLRDecay(decay=0.5).lr_scales(model))
+    lr_of = {name: g["lr"] for g in groups for name in g["names"]}
+    # module docstring: head/norm lr, block 3 lr/2, block 2 lr/4, block 1 lr/8, block 0 lr/16, embedding lr/32
+    assert lr_of["head.weight"] == lr_of["norm.weight"] == 1.0
+    assert [lr_of[f"blocks.{i}.attn.qkv.weight"] for i in (3, 2, 1, 0)] == [0.5, 0.25, 0.125, 0.0625]
+    assert lr_of["embed.weight"] == 1 / 32
+    optimizer = LayerwiseLRDecay().make_optimizer(groups)
+    assert sorted(g["lr"] for g in optimizer.param_groups) == sorted(g["lr"] for g in groups)
+
+
+def test_llrd_multiplies_group_lr():
+    model = tiny_model(n_layer=2)
+    groups = param_groups(model, 1.0, 0.0, LayerwiseLRDecay(decay=0.5).lr_scales(model), group_lr={"blocks.1.*": 4.0})
+    lr_of = {name: g["lr"] for g in groups for name in g["names"]}
+    assert lr_of["blocks.1.mlp.up.weight"] == 2.0 and lr_of["blocks.0.mlp.up.weight"] == 0.25
+
+
+def test_gradual_unfreezing_thaws_from_the_top():
+    model, method = tiny_model(n_layer=2), GradualUnfreezing(unfreeze_every=2)
+    assert [method.lowest_thawed(2, s) for s in range(8)] == [3, 3, 2, 2, 1, 1, 0, 0]
+    before = snapshot(model)
+    train_steps(method, model, steps=2)  # steps 0, 1: only depth 3 (final norm, head)
+    assert changed(model, before) == {"norm.weight", "head.weight"}
+    before = snapshot(model)
+    method.before_optimizer_step = lambda m, step, f=method.before_optimizer_step: f(m, step + 2)  # steps 2, 3
+    train_steps(method, model, steps=2)
+    moved = changed(model, before)
+    assert {"norm.weight", "head.weight", "blocks.1.attn.qkv.weight"} <= moved
+    assert not any(n.startswith(("blocks.0.", "embed.")) for n in moved)
+
+
+class TinyHope(nn.Module):
+    """Stands in for the HOPE family until it lands: blocks whose parameters include ``cms.levels.L.*``."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.ModuleDict({"cms": ContinuumMemory(16, hidden=32, periods=[1, 4, 16])})
+                                    for _ in range(2))
+        self.head = nn.Linear(16, 8)
+
+    def forward(self, x):
+        for block in self.blocks:
+            out = block["cms"](x)
+            x = out[0] if isinstance(out, tuple) else out
+        return self.head(x)
+
+
+def test_cms_levels_trains_only_the_chosen_levels():
+    model, method = TinyHope(), CMSLevels(levels=[2], blocks=[1])
+    method.prepare(model)
+    trainable = configure_trainable(model, method.trains)
+    assert trainable and all(n.startswith("blocks.1.cms.levels.2.") for n in trainable)
+    before = snapshot(model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(2, 5, 16)).square().mean().backward()
+    optimizer.step()
+    assert changed(model, before) == set(trainable)
+
+
+def test_cms_levels_on_a_model_without_cms_says_so():
+    with pytest.raises(ValueError, match="has no CMS levels"):
+        CMSLevels(levels=[0]).prepare(tiny_model())
