@@ -94,10 +94,20 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    rows = [measure(p, args, device) for p in args.presets]
+    rows = []
+    for preset in args.presets:
+        try:
+            rows.append(measure(preset, args, device))
+        except torch.OutOfMemoryError:  # a row that says so beats losing the rest of the table
+            rows.append({"preset": preset, "error": "out of memory", "seq_len": args.seq_len,
+                         "batch_size": args.batch_size, "precision": args.precision})
+            torch.cuda.empty_cache()
     print("| preset | params | seq | batch | prec | step s | tokens/s | MFU | peak GiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "error" in r:
+            print(f"| {r['preset']} | - | {r['seq_len']} | {r['batch_size']} | {r['precision']} | {r['error']} |||||")
+            continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         print(f"| {r['preset']} | {r['params_M']:.1f}M | {r['seq_len']} | {r['batch_size']} | {r['precision']} | "
               f"{r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} | {r['peak_mem_GiB']:.2f} |")
