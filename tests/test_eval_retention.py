@@ -14,8 +14,8 @@ from hope.evaluation.retention import (
     ClassIncremental,
     ContinualMethod,
     DomainSequence,
+    EpochFinetune,
     EvalContext,
-    FullFinetune,
     InContext,
     QAItem,
     SyntheticFacts,
@@ -82,7 +82,7 @@ def test_pack_blocks_scores_every_token_once():
 def test_full_finetune_learns_the_task():
     model, tok = tiny_model(), Tokenizer.default()
     task = SyntheticFacts(n_tasks=1, people_per_task=2).tasks()[0]
-    stats = FullFinetune(lr=3e-3, epochs=8, seq_len=32).learn(model, task, tok)
+    stats = EpochFinetune(lr=3e-3, epochs=8, seq_len=32).learn(model, task, tok)
     assert stats["steps"] > 0 and stats["loss_last"] < stats["loss_first"] - 1.0
     assert not model.training
 
@@ -214,7 +214,7 @@ def test_retention_command_facts_finetune(safetensors_checkpoint, tmp_path, caps
 
     out = tmp_path / "facts"
     main(["eval", "retention", "--checkpoint", str(safetensors_checkpoint), "--suite", "SyntheticFacts",
-          "--suite.n_tasks", "2", "--suite.people_per_task", "1", "--method", "FullFinetune", "--method.epochs", "2",
+          "--suite.n_tasks", "2", "--suite.people_per_task", "1", "--method", "EpochFinetune", "--method.epochs", "2",
           "--method.seq_len", "32", "--general_tokens", "128", "--out_dir", str(out), "--progress", "false"])
     report = json.loads((out / "retention.json").read_text())
     assert report["suite"] == "facts" and report["method"]["config"]["epochs"] == 2
@@ -258,7 +258,7 @@ def test_class_incremental_on_a_generated_stand_in(tmp_path):
         assert {item.answer for item in task.test.items} == group
         assert not {item.prompt.split("\n")[0] for item in task.test.items} & {line.split("\n")[0] for line in
                                                                               task.train}
-    report = run_retention(tiny_model(), Tokenizer.default(), suite, FullFinetune(epochs=1, seq_len=32),
+    report = run_retention(tiny_model(), Tokenizer.default(), suite, EpochFinetune(epochs=1, seq_len=32),
                            progress=False)
     assert report["suite"] == "classes" and len(report["matrix"]) == 2
     with pytest.raises(ValueError, match="classes"):

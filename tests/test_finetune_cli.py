@@ -18,6 +18,7 @@ from tests.test_cli import Recorder, fit_args
 FULL_YAML = str(Path(__file__).parents[1] / "configs" / "finetune" / "full.yaml")
 TINY = '{"n_layer": 2, "n_embd": 64, "n_head": 2, "intermediate_size": 128}'
 MEMORY = '{"blocks": [1], "n_keys": 8, "heads": 2, "k": 4, "key_dim": 16}'
+TINY_HOPE = '{"n_layer": 2, "n_embd": 64, "n_head": 2, "cms_hidden": [64, 64, 64]}'
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,13 @@ def corpus(tmp_path_factory) -> Path:
 def pretrained(tmp_path_factory, corpus) -> Path:
     root = tmp_path_factory.mktemp("pretrain")
     main(fit_args(root, corpus, steps=3))
+    return root / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def hope_pretrained(tmp_path_factory, corpus) -> Path:
+    root = tmp_path_factory.mktemp("pretrain-hope")
+    main(fit_args(root, corpus, "--model.preset", "hope-debug", "--model.overrides", TINY_HOPE, steps=3))
     return root / "checkpoints" / "last.ckpt"
 
 
@@ -71,11 +79,14 @@ METHODS = {
     "smf": ["--model.memory_layers", MEMORY, "--method", "hope.finetune.methods.SparseMemoryFinetune",
             "--method.top_t", "4", "--method.background_source", "{corpus}", "--method.background_batches", "2",
             "--method.background_batch_size", "2", "--model.optim.lr", "2.0"],
+    "cms": ["--model.preset", "hope-debug", "--model.overrides", TINY_HOPE, "--method",
+            "hope.finetune.methods.CMSLevels", "--method.levels", "[0]"],
 }
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_finetune_runs_each_method(name, tmp_path, corpus, pretrained):
+def test_finetune_runs_each_method(name, tmp_path, corpus, request):
+    pretrained = request.getfixturevalue("hope_pretrained" if name == "cms" else "pretrained")
     extra = [a.replace("{corpus}", str(corpus)) for a in METHODS[name]]
     main(["finetune", *ft_args(tmp_path, corpus, pretrained, *extra)[1:]])  # `hope finetune` = `hope finetune fit`
     ckpt = load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")
@@ -102,6 +113,10 @@ def test_finetune_runs_each_method(name, tmp_path, corpus, pretrained):
     if name == "smf":  # every pretrained weight untouched (block 1's MLP became a memory); the background stored
         assert state["blocks.1.mlp.background_batches"] == 2 and "blocks.1.mlp.values.weight" in state
         assert all(torch.equal(state[k], v) for k, v in base.items() if not k.startswith("blocks.1.mlp."))
+    if name == "cms":  # only level 0 of the CMS moved, under the LevelOptimizer (period 1 for level 0)
+        moved = {k for k, v in base.items() if not torch.equal(state[k], v)}
+        assert moved and all(".cms.levels.0." in k for k in moved)
+        assert {g["level"] for g in ckpt["optimizer_states"][0]["param_groups"]} == {"level1"}
 
 
 def fit_recording(args: list[str], ckpt_path: str | None = None) -> dict:

@@ -1,12 +1,12 @@
 """Layer-wise lr decay, gradual unfreezing and CMS-level finetuning: what trains, and at which lr."""
 
 import pytest
-import torch
-from torch import nn
 
 from hope.finetune.methods import CMSLevels, GradualUnfreezing, LayerwiseLRDecay
+from hope.finetune.optim import build_finetune_optimizer
 from hope.finetune.params import configure_trainable, param_groups
-from hope.layers.cms import ContinuumMemory
+from hope.lit.optim import OptimConfig
+from hope.optim.levels import LevelOptimizer
 from tests.test_finetune_params import changed, snapshot, tiny_model, train_steps
 
 
@@ -43,32 +43,34 @@ def test_gradual_unfreezing_thaws_from_the_top():
     assert not any(n.startswith(("blocks.0.", "embed.")) for n in moved)
 
 
-class TinyHope(nn.Module):
-    """Stands in for the HOPE family until it lands: blocks whose parameters include ``cms.levels.L.*``."""
-
-    def __init__(self):
-        super().__init__()
-        self.blocks = nn.ModuleList(nn.ModuleDict({"cms": ContinuumMemory(16, hidden=32, periods=[1, 4, 16])})
-                                    for _ in range(2))
-        self.head = nn.Linear(16, 8)
-
-    def forward(self, x):
-        for block in self.blocks:
-            out = block["cms"](x)
-            x = out[0] if isinstance(out, tuple) else out
-        return self.head(x)
+def tiny_hope():
+    return tiny_model(family="hope", cms_hidden=[32, 32, 32])
 
 
-def test_cms_levels_trains_only_the_chosen_levels():
-    model, method = TinyHope(), CMSLevels(levels=[2], blocks=[1])
+def test_cms_levels_trains_only_the_chosen_levels_of_a_hope_model():
+    model, method = tiny_hope(), CMSLevels(levels=[2], blocks=[1])
     method.prepare(model)
     trainable = configure_trainable(model, method.trains)
-    assert trainable and all(n.startswith("blocks.1.cms.levels.2.") for n in trainable)
+    assert sorted(trainable) == [f"blocks.1.cms.levels.2.{n}" for n in
+                                 ("mlp.down.weight", "mlp.gate.weight", "mlp.up.weight", "norm.weight")]
     before = snapshot(model)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    model(torch.randn(2, 5, 16)).square().mean().backward()
-    optimizer.step()
+    train_steps(method, model, steps=2)
     assert changed(model, before) == set(trainable)
+
+
+def test_hope_finetuning_keeps_the_cms_level_periods():
+    """In `hope finetune`, HOPE models keep NL's outer loop: level l steps every cms_level_periods[l] steps."""
+    model = tiny_hope()
+    configure_trainable(model, freeze=["embed.*"])
+    method = LayerwiseLRDecay(decay=0.5)
+    optimizer = build_finetune_optimizer(model, method, OptimConfig(lr=1.0), 100)["optimizer"]
+    assert isinstance(optimizer, LevelOptimizer)
+    period_of = {n: g["period"] for g in optimizer.param_groups for n in g["names"]}
+    lr_of = {n: g["peak_lr"] for g in optimizer.param_groups for n in g["names"]}
+    periods = model.config.cms_level_periods
+    assert [period_of[f"blocks.0.cms.levels.{lv}.mlp.up.weight"] for lv in range(3)] == periods
+    assert period_of["head.weight"] == 1 and "embed.weight" not in period_of
+    assert lr_of["head.weight"] == 1.0 and lr_of["blocks.1.cms.levels.0.mlp.up.weight"] == 0.5  # decay still applies
 
 
 def test_cms_levels_on_a_model_without_cms_says_so():

@@ -1,7 +1,7 @@
 """``hope eval``: perplexity, sequential-task retention, long-context recall, lm-evaluation-harness.
 
     hope eval perplexity --checkpoint runs/debug/checkpoints/last.ckpt --out runs/eval/ppl.json
-    hope eval retention  --checkpoint ... --suite SyntheticFacts --method FullFinetune --out_dir runs/eval/facts
+    hope eval retention  --checkpoint ... --suite SyntheticFacts --method EpochFinetune --out_dir runs/eval/facts
     hope eval recall     --checkpoint ... --lengths '[512, 1024, 2048]' --out_dir runs/eval/recall
     hope eval lm-eval    --model hope --model_args checkpoint=... --tasks wikitext     # lm_eval's own arguments
 
@@ -18,11 +18,11 @@ from typing import Literal
 
 from jsonargparse import CLI, lazy_instance
 
-from hope.evaluation.retention import ContinualMethod, FullFinetune, SyntheticFacts, TaskSuite
+from hope.evaluation.retention import ContinualMethod, EpochFinetune, SyntheticFacts, TaskSuite
 
 # jsonargparse builds these lazily, so each run gets fresh instances configured from the command line.
 DEFAULT_SUITE = lazy_instance(SyntheticFacts)
-DEFAULT_METHOD = lazy_instance(FullFinetune)
+DEFAULT_METHOD = lazy_instance(EpochFinetune)
 
 
 def perplexity(
@@ -113,7 +113,7 @@ def retention(
         checkpoint: the starting model (``.ckpt`` or ``.safetensors``).
         suite: the task sequence: ``SyntheticFacts`` (facts about fictional people; accuracy) or
             ``DomainSequence`` (standard-library packages; perplexity), with ``--suite.OPTION value``.
-        method: how tasks are learned: ``FullFinetune`` or ``InContext``, or any ``ContinualMethod`` subclass
+        method: how tasks are learned: ``EpochFinetune`` or ``InContext``, or any ``ContinualMethod`` subclass
             by import path, with ``--method.OPTION value``.
         tokenizer: sentencepiece ``.model``; default: the checkpoint's, else the default tokenizer.
         general_tokens: tokens of the default corpus's validation split scored as the general metric

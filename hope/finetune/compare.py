@@ -10,7 +10,8 @@ memory-layer model, as in SMF §5, where every baseline runs on the memory-augme
 - ``<out>.md``: one table.
 - ``<out>.png``: learning against forgetting. Left: general forgetting (relative perplexity increase on the default
   corpus's validation split), SMF's "NQ drop" axis. Right: forgetting of the earlier facts.
-- ``<out>/<method>/retention.json``: the harness's full reports.
+- ``<out>.json``: the table's numbers.
+- ``<reports>/<method>/``: the harness's full reports and plots.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def load_start(checkpoint: str):
 def compare(
     checkpoint: str,
     out: str = "docs/finetune-comparison",
+    reports: str = "runs/finetune-comparison",
     methods: list[str] | None = None,
     n_tasks: int = 3,
     people_per_task: int = 6,
@@ -81,7 +83,8 @@ def compare(
 
     Args:
         checkpoint: the starting model (the memory-layer model, so that SMF can run).
-        out: path prefix of the outputs (``.md``, ``.png``, and a folder of reports).
+        out: path prefix of the table and the plot (``.md``, ``.png``, ``.json``).
+        reports: folder of the harness's reports, one subfolder per method.
         methods: names from ``default_methods`` to run (default: all).
         n_tasks: fact sets learned in order.
         people_per_task: people per fact set (4 facts each).
@@ -105,11 +108,12 @@ def compare(
         model, began = copy.deepcopy(start), time.perf_counter()
         report = run_retention(model, tokenizer, suite, chosen[name], general, progress=False)
         report["checkpoint"] = str(checkpoint)
-        write_outputs(report, Path(out) / name)
+        write_outputs(report, Path(reports) / name)
         print(format_summary(report), flush=True)
         trains = isinstance(chosen[name], FinetuneMethod)  # InContext updates no weight
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad) if trains else 0
         rows.append(summarize(name, report, trained, time.perf_counter() - began))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(rows, indent=2) + "\n")
     Path(f"{out}.md").write_text(table(rows, checkpoint, suite) + "\n")
     draw(rows, f"{out}.png")
@@ -147,10 +151,12 @@ def draw(rows: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     for ax, key, label in ((axes[0], "general_increase", "general forgetting: relative perplexity increase"),
                            (axes[1], "forgetting", "forgetting of earlier facts (accuracy)")):
-        for r in rows:
+        for i, r in enumerate(rows):
             ax.scatter(r[key], r["learning_accuracy"])
-            ax.annotate(r["method"], (r[key], r["learning_accuracy"]), fontsize=8, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(r["method"], (r[key], r["learning_accuracy"]), fontsize=8, xytext=(3, 3 + 8 * (i % 2)),
+                        textcoords="offset points")  # alternate heights: methods often share a point
+        if key == "general_increase":
+            ax.set_xscale("symlog", linthresh=0.1)  # from +0% (no update) to +1000% (full finetuning)
         ax.axhline(rows[0]["chance"], color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel(label)
         ax.set_ylabel("learned: accuracy right after each task")

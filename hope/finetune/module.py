@@ -19,10 +19,11 @@ import torch
 from hope.finetune.checkpoint import check_base, init_weights, weights_fingerprint
 from hope.finetune.methods.base import FinetuneMethod, step_loss
 from hope.finetune.methods.full import FullFinetune
-from hope.finetune.params import configure_trainable, param_groups
+from hope.finetune.optim import build_finetune_optimizer
+from hope.finetune.params import configure_trainable
 from hope.layers.memory_layer import MemoryLayerConfig, swap_mlp_for_memory
 from hope.lit.module import HopeLitModule
-from hope.lit.optim import OptimConfig, lr_factor
+from hope.lit.optim import OptimConfig
 
 SAVE_WEIGHTS = ("full", "trainable")
 
@@ -114,14 +115,7 @@ class FinetuneLitModule(HopeLitModule):
             if self.optim.decay_steps is None:
                 raise ValueError("set trainer.max_steps (or model.optim.decay_steps): cosine needs an end.")
             total = self.optim.decay_steps
-        groups = param_groups(self.model, self.optim.lr, self.optim.weight_decay, self.method.lr_scales(self.model),
-                              self.group_lr)
-        optimizer = self.method.make_optimizer(groups, self.optim.betas, self.optim.eps)
-        decay = self.optim.decay_steps if self.optim.decay_steps is not None else total
-        o = self.optim
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, o.warmup_steps, decay, o.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return build_finetune_optimizer(self.model, self.method, self.optim, total, self.group_lr)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

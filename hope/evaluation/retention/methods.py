@@ -22,7 +22,7 @@ Rules for implementers:
 - Hyper-parameters are ``__init__`` arguments with defaults and a docstring, so ``hope eval retention
   --method your.module.YourMethod --method.lr 0.01`` configures them and ``config()`` records them.
 
-Two methods ship: ``FullFinetune`` (the forgetting baseline) and ``InContext`` (no weight update; the baseline
+Two methods ship: ``EpochFinetune`` (the forgetting baseline) and ``InContext`` (no weight update; the baseline
 for models that learn at test time).
 """
 
@@ -59,7 +59,7 @@ class ContinualMethod:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-class FullFinetune(ContinualMethod):
+class EpochFinetune(ContinualMethod):
     """Finetune every weight on each task in turn with AdamW: the baseline that forgets.
 
     Per task: the training texts are shuffled each epoch, packed as ``[bos] text [eos] ...`` (like pretraining),

@@ -2,14 +2,13 @@
 
 A CMS is a chain of MLP levels with different update frequencies (``hope.layers.cms``); the slow levels hold
 long-lived knowledge and the fast ones adapt. Finetuning only some levels (e.g. the fast ones) keeps the rest of the
-model exactly as pretrained. The levels' parameters are named ``blocks.{block}.cms.levels.{level}.*`` in the HOPE
-family (``pattern`` says otherwise if a model names them differently), so this method is a name-pattern filter:
-the same as ``train_only: [blocks.*.cms.levels.2.*]`` on the run, packaged as a method the retention harness can
-run. It trains the levels' stored weights (the outer loop); the in-context updates a HOPE model makes while it
-reads (``forward(..., learn=True)``) are part of its forward pass and run as the model defines them.
-
-Until the HOPE family is in ``hope.model``, no preset has such parameters: the method then stops with an error that
-says so (tests check it on a model that carries a ``ContinuumMemory`` under that name).
+model exactly as pretrained. In the HOPE families (``hope-debug``, ``hope-attention-*``) the levels' parameters are
+named ``blocks.{block}.cms.levels.{level}.*`` (``pattern`` says otherwise if a model names them differently), so
+this method is a name-pattern filter: the same as ``train_only: [blocks.*.cms.levels.2.*]`` on the run, packaged
+as a method the retention harness can run. It trains the levels' stored weights (the outer loop); in ``hope
+finetune`` each level keeps its outer-loop period and rule (``hope.finetune.optim``), while the harness's ``learn``
+steps them every step with AdamW. The in-context updates a HOPE model makes while it reads are part of its state
+and run as the model defines them. On a model without CMS levels the method stops with an error that says so.
 """
 
 from __future__ import annotations
