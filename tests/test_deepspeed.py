@@ -90,14 +90,19 @@ def test_zero2_two_processes_resume_is_exact(ds_env, tmp_path):
     assert len(expected) == 8 and len(before) == 4 and len(after) == 4
     torch.testing.assert_close(torch.tensor(before + after), torch.tensor(expected), rtol=1e-5, atol=1e-5)
 
-    # The sharded directory converts to a single Lightning checkpoint that hope can load weights from.
+    # `hope convert` turns the sharded directory into one safetensors file with the same weights.
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
-    from hope.lit.checkpoint import model_state_dict_from
+    from hope.cli import main
+    from hope.lit.checkpoint import load_model, model_state_dict_from
 
+    main(["convert", str(ckpt), str(tmp_path / "export")])
+    exported = load_model(tmp_path / "export" / "model.safetensors")
     single = tmp_path / "single.ckpt"
     convert_zero_checkpoint_to_fp32_state_dict(str(ckpt), str(single))
-    assert any(k.endswith("weight") for k in model_state_dict_from(single))
+    reference = model_state_dict_from(single)
+    for name, value in exported.state_dict().items():
+        assert torch.equal(value, reference[name].to(value.dtype)), name
 
 
 def test_zero3_single_process_resume(ds_env, tmp_path):
