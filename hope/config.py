@@ -74,6 +74,14 @@ class ModelConfig:
     memory_max_lr: float | None = None
     """Titans: largest inner-loop step size theta_t; None means 1 / (2 * memory_chunk_size) (see
     hope/layers/neural_memory.py for why)."""
+    memory_ema_momentum: bool = True
+    """Titans: scale theta_t by (1 - eta_t), so that the momentum S_t (Eq. 13) is an average of gradients and the
+    step never exceeds memory_max_lr whatever eta_t the model learns. False is Eq. 13 read literally, where a
+    learned eta_t -> 1 multiplies the step by up to C / (1 - eta) and the memory can diverge."""
+    memory_max_grad_norm: float | None = 10.0
+    """Titans: clip each token's inner-loop gradient (all memory layers together) to this norm before Eq. 13, so
+    one chunk moves the memory by at most memory_chunk_size * max_lr * this. Typical norms at init are 0.2-5.
+    None disables it. Both safeguards keep a deep memory finite on runs of repeated tokens (see neural_memory.py)."""
     segment_len: int = 512
     """titans-mac: tokens per segment S^(t). The memory is read before and written after each segment; a token
     attends to the persistent tokens and to the memory tokens and tokens of its segment up to itself. Must be a
@@ -164,8 +172,11 @@ class ModelConfig:
 
     @property
     def resolved_cms_hidden(self) -> list[int]:
-        return list(self.cms_hidden) if self.cms_hidden is not None else [self.resolved_intermediate_size] * len(
-            self.cms_periods)
+        return (
+            list(self.cms_hidden)
+            if self.cms_hidden is not None
+            else [self.resolved_intermediate_size] * len(self.cms_periods)
+        )
 
     def _validate_hope(self) -> None:
         for name in ("hope_expansion", "hope_chunk_size", "hope_memory_chunk_size", "memory_conv_kernel"):
@@ -184,8 +195,10 @@ class ModelConfig:
                     f"{list(self.cms_periods)} defines {L} CMS levels; give one entry per level."
                 )
         if min(self.resolved_cms_hidden) < 1 or min(self.cms_level_periods) < 1:
-            raise ValueError(f"model.cms_hidden and model.cms_level_periods need entries >= 1, got "
-                             f"{self.cms_hidden}, {self.cms_level_periods}.")
+            raise ValueError(
+                f"model.cms_hidden and model.cms_level_periods need entries >= 1, got "
+                f"{self.cms_hidden}, {self.cms_level_periods}."
+            )
         bad = [r for r in self.cms_level_rules if r not in CMS_RULES]
         if bad:
             raise ValueError(f"model.cms_level_rules has unknown rules {bad}; choose from {CMS_RULES}.")
@@ -198,6 +211,10 @@ class ModelConfig:
         for name in ("memory_depth", "memory_expansion", "memory_chunk_size", "memory_conv_kernel", "segment_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1 for model.family={self.family!r}.")
+        if self.memory_max_grad_norm is not None and self.memory_max_grad_norm <= 0:
+            raise ValueError(
+                f"model.memory_max_grad_norm={self.memory_max_grad_norm} must be > 0; use null to disable clipping."
+            )
         if self.n_persistent < 0:
             raise ValueError(f"model.n_persistent={self.n_persistent} must be >= 0 (0: no persistent memory).")
         if self.memory_max_lr is not None and self.memory_max_lr <= 0:
@@ -277,14 +294,18 @@ def register_preset(name: str, **values: Any) -> None:
 
 register_preset("debug", vocab_size=8192, n_layer=4, n_head=4, n_embd=128, intermediate_size=384, max_seq_len=1024)
 register_preset("transformer-debug", **PRESETS["debug"])
-register_preset("transformer-170m", vocab_size=32000, n_layer=16, n_head=12, n_embd=768, intermediate_size=2304,
-                max_seq_len=4096)
-register_preset("transformer-340m", vocab_size=32000, n_layer=24, n_head=16, n_embd=1024, intermediate_size=2304,
-                max_seq_len=4096)
-register_preset("transformer-760m", vocab_size=32000, n_layer=24, n_head=24, n_embd=1536, intermediate_size=4096,
-                max_seq_len=4096)
-register_preset("transformer-1.3b", vocab_size=32000, n_layer=24, n_head=32, n_embd=2048, intermediate_size=5376,
-                max_seq_len=4096)
+register_preset(
+    "transformer-170m", vocab_size=32000, n_layer=16, n_head=12, n_embd=768, intermediate_size=2304, max_seq_len=4096
+)
+register_preset(
+    "transformer-340m", vocab_size=32000, n_layer=24, n_head=16, n_embd=1024, intermediate_size=2304, max_seq_len=4096
+)
+register_preset(
+    "transformer-760m", vocab_size=32000, n_layer=24, n_head=24, n_embd=1536, intermediate_size=4096, max_seq_len=4096
+)
+register_preset(
+    "transformer-1.3b", vocab_size=32000, n_layer=24, n_head=32, n_embd=2048, intermediate_size=5376, max_seq_len=4096
+)
 
 
 # Titans (Titans §5.1: 170M/340M/400M/760M, Llama-2 vocabulary, 4K training length). The paper gives no widths,
@@ -293,7 +314,10 @@ register_preset("transformer-1.3b", vocab_size=32000, n_layer=24, n_head=32, n_e
 # parameters per block (memory ~5 d^2, attention 4 d^2); LMM blocks are lighter (memory only), so they stack
 # more. Memory: L_M = 2, expansion 4, chunks of 64; MAC segments and MAG/MAL windows of 512; N_p = 4.
 _TITANS_SPAN = {  # the field that bounds each family's attention: MAC's segment, MAG's and MAL's window
-    "titans-mac": "segment_len", "titans-mag": "sliding_window", "titans-mal": "sliding_window", "titans-lmm": None
+    "titans-mac": "segment_len",
+    "titans-mag": "sliding_window",
+    "titans-mal": "sliding_window",
+    "titans-lmm": None,
 }
 _TITANS_SIZES = {  # size -> n_embd, n_head, (n_layer, intermediate_size) for MAC/MAG/MAL, the same for LMM
     "170m": (768, 12, (12, 1920), (14, 2304)),
@@ -303,13 +327,33 @@ _TITANS_SIZES = {  # size -> n_embd, n_head, (n_layer, intermediate_size) for MA
 }
 for _family, _span in _TITANS_SPAN.items():
     # debug: the `debug` Transformer's size (CPU runs, tests), chunks/segments/windows that suit data.seq_len 256
-    register_preset(f"{_family}-debug", **PRESETS["debug"], family=_family, memory_depth=2, memory_expansion=2,
-                    memory_chunk_size=16, n_persistent=4, **({_span: 64} if _span else {}))
+    register_preset(
+        f"{_family}-debug",
+        **PRESETS["debug"],
+        family=_family,
+        memory_depth=2,
+        memory_expansion=2,
+        memory_chunk_size=16,
+        n_persistent=4,
+        **({_span: 64} if _span else {}),
+    )
     for _size, (_d, _h, _hybrid, _lmm) in _TITANS_SIZES.items():
         _layers, _mlp = _lmm if _family == "titans-lmm" else _hybrid
-        register_preset(f"{_family}-{_size}", family=_family, vocab_size=32000, n_embd=_d, n_head=_h, n_layer=_layers,
-                        intermediate_size=_mlp, max_seq_len=4096, memory_depth=2, memory_expansion=4,
-                        memory_chunk_size=64, n_persistent=4, **({_span: 512} if _span else {}))
+        register_preset(
+            f"{_family}-{_size}",
+            family=_family,
+            vocab_size=32000,
+            n_embd=_d,
+            n_head=_h,
+            n_layer=_layers,
+            intermediate_size=_mlp,
+            max_seq_len=4096,
+            memory_depth=2,
+            memory_expansion=4,
+            memory_chunk_size=64,
+            n_persistent=4,
+            **({_span: 512} if _span else {}),
+        )
 
 
 # HOPE and Hope-Attention (NL §9 reports 340M / 760M / 1.3B; 170M added; Llama-2 vocabulary). The paper gives no widths,
@@ -325,9 +369,24 @@ _HOPE_SIZES = {  # size -> n_embd, n_head, n_layer, hidden width of each of the 
 }
 for _family in ("hope", "hope-attention"):
     # debug: the `debug` Transformer's size; chunks of 16 and short level periods suit data.seq_len 256 on CPU
-    register_preset(f"{_family}-debug", **PRESETS["debug"], family=_family, hope_chunk_size=16,
-                    hope_memory_chunk_size=16, cms_hidden=[128, 128, 128], cms_periods=[16, 64, 256],
-                    cms_level_periods=[1, 2, 4])
+    register_preset(
+        f"{_family}-debug",
+        **PRESETS["debug"],
+        family=_family,
+        hope_chunk_size=16,
+        hope_memory_chunk_size=16,
+        cms_hidden=[128, 128, 128],
+        cms_periods=[16, 64, 256],
+        cms_level_periods=[1, 2, 4],
+    )
     for _size, (_d, _h, _layers, _mlp) in _HOPE_SIZES.items():
-        register_preset(f"{_family}-{_size}", family=_family, vocab_size=32000, n_embd=_d, n_head=_h,
-                        n_layer=_layers, max_seq_len=4096, cms_hidden=[_mlp] * 3)
+        register_preset(
+            f"{_family}-{_size}",
+            family=_family,
+            vocab_size=32000,
+            n_embd=_d,
+            n_head=_h,
+            n_layer=_layers,
+            max_seq_len=4096,
+            cms_hidden=[_mlp] * 3,
+        )

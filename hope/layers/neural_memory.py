@@ -8,16 +8,31 @@ x [B, T, d_model] -> y [B, T, d_model], with the memory state passed in and retu
    then l2-normalised per head (``qk_norm``). The convolution carries the last ``conv_kernel - 1`` projected
    inputs in the state, so it is exactly causal across calls.
 2. Gates, per head and per token (the paper only says they are "functions of x_t"; we use lucidrains' linear +
-   sigmoid): theta_t = max_lr * sigmoid(x_t w_theta + b_theta), eta_t = sigmoid(x_t w_eta + b_eta),
-   alpha_t = sigmoid(x_t w_alpha + b_alpha). ``use_momentum=False`` forces eta = 0 and ``use_weight_decay=False``
-   forces alpha = 0. The C gradients of a chunk are all taken at the chunk-start weights and summed (§3.2), so
-   for a linear memory one chunk is a gradient step on sum_t ||k_t W - v_t||^2, whose curvature 2 K^T K reaches
-   2C for C equal unit keys (and SiLU'd, l2-normalised keys are strongly aligned). ``max_lr=None`` therefore
-   means 1 / (2 C), the largest step that cannot overshoot even then; with max_lr = 0.5 (the per-token bound) a
-   deep memory diverges within a few chunks at init. Bias inits: b_theta = 0, b_eta = 0 (eta ~ 0.5), b_alpha = -8
-   (alpha ~ 3e-4: at -4 the weight decay drives a deep memory to W = 0 within ~2K tokens, a saddle where both
-   layers' gradients vanish). With these, d_model 512, H 8, 4K random tokens, no divergence at init even for
-   eta ~ 0.98. These are our choices, not the paper's (it gives none).
+   sigmoid): eta_t = sigmoid(x_t w_eta + b_eta), alpha_t = sigmoid(x_t w_alpha + b_alpha) and
+   theta_t = max_lr * sigmoid(x_t w_theta + b_theta) * (1 - eta_t) (``ema_momentum``; without it, no (1 - eta_t)).
+   ``use_momentum=False`` forces eta = 0 and ``use_weight_decay=False`` forces alpha = 0. Bias inits: b_theta = 0,
+   b_eta = 0 (eta ~ 0.5), b_alpha = -8 (alpha ~ 3e-4: at -4 the weight decay drives a deep memory to W = 0 within
+   ~2K tokens, a saddle where both layers' gradients vanish). These are our choices, not the paper's (it gives
+   none).
+
+   **Why the inner loop needs bounds.** The C gradients of a chunk are all taken at the chunk-start weights and
+   summed (§3.2), so one chunk is a gradient step on sum_t ||M(k_t) - v_t||^2. For a linear memory its curvature
+   2 K^T K reaches 2C when the C unit keys are equal, which happens on every run of a repeated token (indentation
+   in code, padding); ``max_lr=None`` therefore means 1 / (2 C). That bound is not enough for a deep memory, and
+   `titans-mac-170m` went from finite to NaN inside one sequence on a run of repeated tokens in its 16th training
+   step: the memory weights went 0.5 -> 1.1 -> 34 -> 1e6 -> 1e18 over four chunks. Two things enlarge the real
+   step beyond max_lr: momentum (Eq. 13 read literally sums gradients, so the step grows like 1 / (1 - eta), and
+   eta is learned) and the deep MLP's curvature, which grows with its weights. Two safeguards, both on by
+   default and both exact in the naive references:
+   - ``ema_momentum``: theta_t carries the factor (1 - eta_t), so S_t is an average of gradients and the step is
+     bounded by max_lr whatever eta the outer loop learns. It is a reparameterisation of the data-dependent
+     theta_t, so it stays inside the paper's Eq. 13.
+   - ``max_grad_norm``: each token's inner gradient, all layers together, is clipped to this norm, so one chunk
+     moves the memory by at most C * max_lr * max_grad_norm (Frobenius, per head) and a curvature blow-up can grow
+     the weights at most linearly instead of geometrically. The default 10 is above the 99th percentile of
+     per-token gradient norms at init (~5), so it acts only on outliers.
+   ``tests/test_neural_memory.py`` checks that a run of one repeated token stays finite with both and diverges
+   with neither.
 3. The memory (``hope.ops.titans``): a residual MLP of ``depth`` layers, hidden width ``expansion * head_dim``,
    SiLU, whose initial weights are meta-learned parameters [H, d_in, d_out] (init N(0, 1/d_in)) broadcast over
    the batch; updated by Eqs. 12-14 in chunks of ``chunk_size``; y_t = M(q_t) read at the weights the chunk of
@@ -96,6 +111,8 @@ class NeuralMemory(nn.Module):
         activation: hidden activation of the memory MLP, "silu" or "gelu".
         qk_norm: l2-normalise q and k per head.
         max_lr: theta_t = max_lr * sigmoid(.), the largest inner-loop step size; None: 1 / (2 * chunk_size).
+        ema_momentum: scale theta_t by (1 - eta_t), so that momentum averages the gradients instead of summing them.
+        max_grad_norm: clip each token's inner gradient (all layers together) to this norm; None: no clipping.
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
         impl: "chunked" (chunk-parallel op) or "naive" (literal chunk loop, for tests).
@@ -118,6 +135,8 @@ class NeuralMemory(nn.Module):
         activation: str = "silu",
         qk_norm: bool = True,
         max_lr: float | None = None,
+        ema_momentum: bool = True,
+        max_grad_norm: float | None = 10.0,
         output_norm: bool = True,
         output_gate: bool = True,
         impl: str = "chunked",
@@ -131,6 +150,7 @@ class NeuralMemory(nn.Module):
         self.use_momentum, self.use_weight_decay = use_momentum, use_weight_decay
         self.qk_norm, self.residual, self.activation = qk_norm, residual, activation
         self.max_lr = 1 / (2 * chunk_size) if max_lr is None else max_lr
+        self.ema_momentum, self.max_grad_norm = ema_momentum, max_grad_norm
         self.impl = impl
         inner = n_head * head_dim
 
@@ -202,8 +222,10 @@ class NeuralMemory(nn.Module):
     def _gates(self, x):
         B, T, _ = x.shape
         logits = self.gate_proj(x).view(B, T, 3, self.n_head).permute(2, 0, 3, 1)  # [3, B, H, T]
-        theta = self.max_lr * torch.sigmoid(logits[0])
         eta = torch.sigmoid(logits[1]) if self.use_momentum else torch.zeros_like(logits[1])
+        theta = self.max_lr * torch.sigmoid(logits[0])
+        if self.ema_momentum:
+            theta = theta * (1 - eta)
         alpha = torch.sigmoid(logits[2]) if self.use_weight_decay else torch.zeros_like(logits[2])
         return theta, eta, alpha
 
@@ -235,7 +257,14 @@ class NeuralMemory(nn.Module):
             to_write = (t[:, :, :n_full] for t in (k, v, *gates))
             q_full = None if q is None else q[:, :, :n_full]
             y, (weights, momentum) = op(
-                q_full, *to_write, weights, momentum, self.chunk_size, self.residual, self.activation
+                q_full,
+                *to_write,
+                weights,
+                momentum,
+                self.chunk_size,
+                self.residual,
+                self.activation,
+                self.max_grad_norm,
             )
             ys.append(y)
         if q is not None:

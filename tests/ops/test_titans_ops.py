@@ -170,3 +170,38 @@ def test_every_gate_changes_the_result(gate):
     torch.testing.assert_close(y2[:, :, :4], y[:, :, :4], rtol=0, atol=0)  # its own chunk reads older weights
     assert not torch.allclose(y2[:, :, 4:], y[:, :, 4:])
     assert not torch.allclose(W2[0], W[0])
+
+
+@pytest.mark.parametrize("T, C, depth", [(13, 4, 1), (13, 4, 2), (37, 8, 3)])
+def test_clipped_chunked_matches_naive_chunk_loop(T, C, depth):
+    """Per-token inner gradient clipping: the chunked form (norms from |a_t| |delta_t|) equals the literal clip."""
+    kw = dict(chunk_size=C, max_grad_norm=2.0)
+    out, grads = outputs_and_grads(chunked.titans_memory, make_inputs(T, depth), **kw)
+    out_ref, grads_ref = outputs_and_grads(naive.titans_memory, make_inputs(T, depth), **kw)
+    assert_rel_close(out, out_ref)
+    assert_rel_close(grads, grads_ref)
+    unclipped, _ = outputs_and_grads(chunked.titans_memory, make_inputs(T, depth), chunk_size=C)
+    assert (unclipped[-1] - out[-1]).norm() > 1e-3 * out[-1].norm(), "max_grad_norm=2 should clip these inputs"
+
+
+def test_clipped_chunk_size_one_is_the_clipped_recurrence():
+    out_ref, grads_ref = outputs_and_grads(naive.titans_memory_recurrent, make_inputs(9, 2), max_grad_norm=2.0)
+    out, grads = outputs_and_grads(chunked.titans_memory, make_inputs(9, 2), chunk_size=1, max_grad_norm=2.0)
+    assert_rel_close(out, out_ref)
+    assert_rel_close(grads, grads_ref)
+
+
+def test_clipping_bounds_the_step_of_each_token():
+    """Linear memory, no momentum or decay, chunk 1: each write moves W by at most theta * max_grad_norm."""
+    x = make_inputs(7, 1)
+    x["v"] = 100 * x["v"]  # huge errors: every token is clipped
+    x["eta"], x["alpha"] = torch.zeros_like(x["eta"]), torch.zeros_like(x["alpha"])
+    x["momentum"] = tuple(torch.zeros_like(S) for S in x["momentum"])
+    W = x["weights"][0]
+    for t in range(7):
+        tokens = {n: x[n][:, :, t : t + 1] for n in ("q", "k", "v", "theta", "eta", "alpha")}
+        step = {**x, **tokens, "weights": (W,)}
+        _, ((W_next,), _) = chunked.titans_memory(**step, chunk_size=1, residual=False, max_grad_norm=0.5)
+        moved = (W_next - W).flatten(-2).norm(dim=-1)  # [B, H]
+        torch.testing.assert_close(moved, 0.5 * x["theta"][..., t], rtol=1e-12, atol=0)
+        W = W_next

@@ -59,6 +59,8 @@ def build_memory(config: ModelConfig) -> NeuralMemory:
         use_weight_decay=config.memory_weight_decay,
         linear_memory=config.memory_linear,
         max_lr=config.memory_max_lr,
+        ema_momentum=config.memory_ema_momentum,
+        max_grad_norm=config.memory_max_grad_norm,
     )
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from hope.ops.scan import linear_scan
-from hope.ops.titans.naive import ACTIVATIONS
+from hope.ops.titans.naive import ACTIVATIONS, clip_scale
 
 __all__ = ["titans_memory"]
 
@@ -67,7 +67,7 @@ def _per_chunk_coefficients(theta, eta, alpha, chunk_size: int) -> list[tuple[to
     return coefs
 
 
-def _chunk_step(weights, momentum, q, k, v, coefs, residual: bool, activation: str):
+def _chunk_step(weights, momentum, q, k, v, coefs, residual: bool, activation: str, max_grad_norm: float | None):
     """Read q at the chunk-start weights and write the chunk of (k, v); q, k, v: [B, H, C, D] (q may be None)."""
     act, act_grad = ACTIVATIONS[activation]
     gamma, rho, eta_prod, c_M, c_S = coefs
@@ -86,16 +86,24 @@ def _chunk_step(weights, momentum, q, k, v, coefs, residual: bool, activation: s
     y = None if q is None else out[:, :, :C]
 
     delta = 2 * (out[:, :, -C:] - v)  # d l / d z_L of Eq. 12, for the keys only
-    grads_M, grads_S = [], []
+    inputs, deltas = [], []  # per layer, last layer first
     for layer in range(len(weights) - 1, -1, -1):
-        a = hs[layer][:, :, -C:]  # input of this layer for each key
-        grads_M.append(torch.einsum("bhtd,bhte->bhde", a * c_M[..., None], delta))  # sum_t c_t a_t^T delta_t
-        grads_S.append(torch.einsum("bhtd,bhte->bhde", a * c_S[..., None], delta))
+        inputs.append(hs[layer][:, :, -C:])  # input of this layer for each key
+        deltas.append(delta)
         if layer:
             delta = (delta @ weights[layer].mT) * act_grad(zs[layer - 1][:, :, -C:])
+    # ||a_t^T delta_t||_F = |a_t| |delta_t|, so each token's gradient norm needs no [d_in, d_out] matrix
+    sq_norm = sum(a.pow(2).sum(-1) * d.pow(2).sum(-1) for a, d in zip(inputs, deltas, strict=True))  # [B, H, C]
+    scale = clip_scale(sq_norm, max_grad_norm)
+    if scale is not None:
+        c_M, c_S = c_M * scale, c_S * scale
+    # sum_t c_t a_t^T delta_t per layer, back in first-layer-first order
+    layers = list(zip(inputs[::-1], deltas[::-1], strict=True))
+    grads_M = [torch.einsum("bhtd,bhte->bhde", a * c_M[..., None], d) for a, d in layers]
+    grads_S = [torch.einsum("bhtd,bhte->bhde", a * c_S[..., None], d) for a, d in layers]
     gamma, rho, eta_prod = (c[..., None, None] for c in (gamma, rho, eta_prod))
-    new_weights = tuple(gamma * W + rho * S - G for W, S, G in zip(weights, momentum, reversed(grads_M), strict=True))
-    new_momentum = tuple(eta_prod * S - G for S, G in zip(momentum, reversed(grads_S), strict=True))
+    new_weights = tuple(gamma * W + rho * S - G for W, S, G in zip(weights, momentum, grads_M, strict=True))
+    new_momentum = tuple(eta_prod * S - G for S, G in zip(momentum, grads_S, strict=True))
     return y, new_weights, new_momentum
 
 
@@ -111,6 +119,7 @@ def titans_memory(
     chunk_size: int,
     residual: bool = True,
     activation: str = "silu",
+    max_grad_norm: float | None = None,
 ) -> tuple[torch.Tensor | None, tuple[Weights, Weights]]:
     """Chunk-parallel Titans memory; arguments and result exactly as ``hope.ops.titans.naive.titans_memory``.
 
@@ -123,7 +132,7 @@ def titans_memory(
         chunk = slice(n * chunk_size, (n + 1) * chunk_size)
         q_c = None if q is None else q[:, :, chunk]
         k_c, v_c = k[:, :, chunk], v[:, :, chunk]
-        y, weights, momentum = _chunk_step(weights, momentum, q_c, k_c, v_c, cf, residual, activation)
+        y, weights, momentum = _chunk_step(weights, momentum, q_c, k_c, v_c, cf, residual, activation, max_grad_norm)
         ys.append(y)
     y = None if q is None else torch.cat(ys, dim=2)
     return y, (weights, momentum)

@@ -19,6 +19,9 @@ Momentum and forgetting (Eqs. 13-14), with per-token, per-head gates theta, eta,
   where t' is the start of t's chunk (§3.2: all gradients of a chunk are taken at the weights the chunk starts
   with). Chunks are counted from the start of each call: [0, C), [C, 2C), ..., and the last one may be shorter.
   With C = 1 this is the exact per-token recurrence (t' = t - 1).
+Inner gradient clipping (optional, ``max_grad_norm`` = tau): each token's gradient, all layers together, is
+scaled by min(1, tau / ||grad l_t||) before it enters Eq. 13 (``clip_scale``). It bounds how far one chunk can
+move the memory, whatever the curvature of the data (see hope.layers.neural_memory for why this is needed).
 Retrieval: y_t = M_{t'}(q_t), i.e. the weights at the start of t's chunk, before any write of that chunk.
   With C = 1 this is y_t = M_{t-1}(q_t): read, then write. Reading the chunk-start weights is what lets the
   chunk-parallel form (chunked.py) answer every query of a chunk with one batched forward pass and never build
@@ -40,7 +43,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["memory_mlp", "titans_memory", "titans_memory_recurrent", "ACTIVATIONS"]
+__all__ = ["memory_mlp", "titans_memory", "titans_memory_recurrent", "clip_scale", "ACTIVATIONS"]
 
 Weights = tuple[torch.Tensor, ...]
 
@@ -81,6 +84,23 @@ def _token_grads(weights: Weights, k: torch.Tensor, v: torch.Tensor, residual: b
         return torch.autograd.grad(loss, ws, create_graph=outer)
 
 
+def clip_scale(sq_norm: torch.Tensor, max_norm: float | None) -> torch.Tensor | None:
+    """min(1, max_norm / sqrt(sq_norm)), elementwise; None when there is no clipping.
+
+    Written as max_norm / sqrt(max(sq_norm, max_norm^2)) so that no sqrt is ever taken of zero: its gradient
+    would be 0 * inf = NaN even where the clamp has cut it.
+    """
+    if max_norm is None:
+        return None
+    return max_norm / sq_norm.clamp_min(max_norm**2).sqrt()
+
+
+def _clip(grads: Weights, max_norm: float | None) -> Weights:
+    """One token's per-layer gradients [B, H, d_in, d_out], scaled together to a norm of at most max_norm."""
+    scale = clip_scale(sum(G.pow(2).sum((-2, -1)) for G in grads), max_norm)
+    return grads if scale is None else tuple(G * scale[..., None, None] for G in grads)
+
+
 def _momentum_step(weights, momentum, grads, theta, eta, alpha):
     """One token of Eqs. 13-14; theta, eta, alpha: [B, H] -> broadcast over each weight matrix."""
     th, et, al = (g[..., None, None] for g in (theta, eta, alpha))
@@ -100,6 +120,7 @@ def titans_memory_recurrent(
     momentum: Weights,
     residual: bool = True,
     activation: str = "silu",
+    max_grad_norm: float | None = None,
 ) -> tuple[torch.Tensor, tuple[Weights, Weights]]:
     """Exact per-token recurrence: for each t, y_t = M_{t-1}(q_t), then S_t, M_t from grad l(M_{t-1}; k_t, v_t).
 
@@ -109,7 +130,7 @@ def titans_memory_recurrent(
     for t in range(q.shape[2]):
         tok = slice(t, t + 1)
         ys.append(memory_mlp(weights, q[:, :, tok], residual, activation))  # read before the write
-        grads = _token_grads(weights, k[:, :, tok], v[:, :, tok], residual, activation)
+        grads = _clip(_token_grads(weights, k[:, :, tok], v[:, :, tok], residual, activation), max_grad_norm)
         weights, momentum = _momentum_step(weights, momentum, grads, theta[..., t], eta[..., t], alpha[..., t])
     return torch.cat(ys, dim=2), (weights, momentum)
 
@@ -126,6 +147,7 @@ def titans_memory(
     chunk_size: int,
     residual: bool = True,
     activation: str = "silu",
+    max_grad_norm: float | None = None,
 ) -> tuple[torch.Tensor | None, tuple[Weights, Weights]]:
     """Chunk-wise Titans memory, literally as in §3.2: per-token gradients at the chunk-start weights, then a
     per-token loop of the momentum/decay updates.
@@ -140,7 +162,10 @@ def titans_memory(
         W0 = weights  # every read and every gradient of this chunk uses the chunk-start weights
         if q is not None:
             ys.append(memory_mlp(W0, q[:, :, start : chunk.stop], residual, activation))
-        grads = [_token_grads(W0, k[:, :, t : t + 1], v[:, :, t : t + 1], residual, activation) for t in chunk]
+        grads = [
+            _clip(_token_grads(W0, k[:, :, t : t + 1], v[:, :, t : t + 1], residual, activation), max_grad_norm)
+            for t in chunk
+        ]
         for t, G in zip(chunk, grads, strict=True):
             weights, momentum = _momentum_step(weights, momentum, G, theta[..., t], eta[..., t], alpha[..., t])
     y = torch.cat(ys, dim=2) if q is not None else None
