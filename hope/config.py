@@ -79,9 +79,10 @@ class ModelConfig:
     step never exceeds memory_max_lr whatever eta_t the model learns. False is Eq. 13 read literally, where a
     learned eta_t -> 1 multiplies the step by up to C / (1 - eta) and the memory can diverge."""
     memory_max_grad_norm: float | None = 10.0
-    """Titans: clip each token's inner-loop gradient (all memory layers together) to this norm before Eq. 13, so
-    one chunk moves the memory by at most memory_chunk_size * max_lr * this. Typical norms at init are 0.2-5.
-    None disables it. Both safeguards keep a deep memory finite on runs of repeated tokens (see neural_memory.py)."""
+    """Titans and HOPE's self-modifying Titans: clip each token's inner-loop gradient (all layers of a memory
+    together) to this norm before the update, so one chunk moves a memory by at most chunk size * max_lr * this.
+    Typical norms at init are 0.2-5. None disables it. With memory_ema_momentum it keeps a deep memory finite on
+    runs of repeated tokens (see hope/layers/neural_memory.py)."""
     segment_len: int = 512
     """titans-mac: tokens per segment S^(t). The memory is read before and written after each segment; a token
     attends to the persistent tokens and to the memory tokens and tokens of its segment up to itself. Must be a
@@ -99,7 +100,7 @@ class ModelConfig:
     """Titans ablation "no weight decay" when False: the forget gate alpha_t is forced to 0 (Eq. 14)."""
 
     # -- HOPE (families hope, hope-attention; NL §3, arXiv §8.3). The self-modifying Titans also reads
-    # memory_conv_kernel, memory_conv and memory_max_lr above. -------------------------------------------------
+    # memory_conv_kernel, memory_conv, memory_max_lr and memory_max_grad_norm above. -----------------------------
     hope_expansion: int = 1
     """hope: hidden width of every self-modifying memory MLP (M_k, M_v, M_eta, M_alpha, M_q, M_memory) as a multiple
     of head_dim (NL Eq. 89: each memory is a 2-layer residual MLP; the paper gives no width)."""
@@ -165,6 +166,10 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.resolved_head_dim} must be even for RoPE; change n_embd or n_head.")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 1 or null (full attention).")
+        if self.memory_max_grad_norm is not None and self.memory_max_grad_norm <= 0:
+            raise ValueError(
+                f"model.memory_max_grad_norm={self.memory_max_grad_norm} must be > 0; use null to disable clipping."
+            )
         if self.family in TITANS_FAMILIES:
             self._validate_titans()
         if self.family in HOPE_FAMILIES:
@@ -211,10 +216,6 @@ class ModelConfig:
         for name in ("memory_depth", "memory_expansion", "memory_chunk_size", "memory_conv_kernel", "segment_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1 for model.family={self.family!r}.")
-        if self.memory_max_grad_norm is not None and self.memory_max_grad_norm <= 0:
-            raise ValueError(
-                f"model.memory_max_grad_norm={self.memory_max_grad_norm} must be > 0; use null to disable clipping."
-            )
         if self.n_persistent < 0:
             raise ValueError(f"model.n_persistent={self.n_persistent} must be >= 0 (0: no persistent memory).")
         if self.memory_max_lr is not None and self.memory_max_lr <= 0:

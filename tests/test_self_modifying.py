@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hope.layers.self_modifying import SelfModifyingState, SelfModifyingTitans
 
@@ -98,3 +99,21 @@ def test_state_detach_and_variants():
     assert state.conv_cache is None and torch.isfinite(y).all()
     assert all(not t.requires_grad for t in flat_state(state.detach()))
     assert any(t.requires_grad for t in flat_state(state))
+
+
+def _growth_on_a_repeated_token(**kw):
+    """max ||W|| / ||W(init)|| of M_memory after 2K copies of one token, with inits 3x the default scale."""
+    torch.manual_seed(0)
+    layer = SelfModifyingTitans(64, 1, chunk_size=16, memory_chunk_size=64, **kw)
+    with torch.no_grad():
+        for W in (layer.projections_W1, layer.projections_W2, layer.memory_W1, layer.memory_W2):
+            W.mul_(3.0)
+        x = F.rms_norm(torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(0)), (64,)).expand(1, 2048, 64)
+        _, state = layer(x)
+    initial = (layer.memory_W1, layer.memory_W2)
+    return max((W.norm() / W0.norm()).item() for W, W0 in zip(state.memory, initial, strict=True))
+
+
+def test_gradient_clipping_keeps_a_repeated_token_finite():
+    assert _growth_on_a_repeated_token() < 2
+    assert not _growth_on_a_repeated_token(max_grad_norm=None) < 1e3  # nan or huge

@@ -113,6 +113,7 @@ class HopeBlock(_HopeBlockBase):
             use_conv=config.memory_conv,
             adaptive_q=config.hope_adaptive_q,
             max_lr=config.memory_max_lr,
+            max_grad_norm=config.memory_max_grad_norm,
         )
         self.cms = build_cms(config)
 

@@ -20,7 +20,9 @@ x [B, T, d_model] -> y [B, T, d_model], with the state passed in and returned (n
    max_lr / 2; b_alpha = 8: alpha = 0.9997, a retention time of ~3K tokens) and the readouts learn from step one.
    ``max_lr=None`` means 1 / (2 * max(chunk sizes)): the C gradients of a chunk are all taken at its start and
    summed, and 1 / (2C) is the step that cannot overshoot even for C equal unit keys (``NeuralMemory``'s rule).
-   These values are our choices; the paper gives none.
+   These values are our choices; the paper gives none. As in ``NeuralMemory``, each token's inner gradient is
+   clipped per memory to ``max_grad_norm`` (default 10): with memory weights 3x their init scale (which the outer
+   loop can learn), a run of one repeated token drove M_memory to NaN within 2K tokens without it.
 4. Output (as ``NeuralMemory``): per-head RMSNorm, times SiLU(x W_gate), heads merged, output projection.
 
 Chunks are global across calls: the state keeps the inputs of the unfinished projection chunk and the (q, k, v,
@@ -78,6 +80,7 @@ class SelfModifyingTitans(nn.Module):
         adaptive_q: q from a self-modifying memory M_q instead of the static projection x W_q.
         activation: hidden activation of the memory MLPs, "silu" or "gelu".
         max_lr: eta_t = max_lr * sigmoid(.); None: 1 / (2 * max(chunk_size, memory_chunk_size)).
+        max_grad_norm: clip each token's inner gradient, per memory, to this norm (None: no clipping).
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
         impl: "chunked" (chunk-parallel op) or "naive" (literal chunk loops, for tests).
@@ -95,6 +98,7 @@ class SelfModifyingTitans(nn.Module):
         adaptive_q: bool = False,
         activation: str = "silu",
         max_lr: float | None = None,
+        max_grad_norm: float | None = 10.0,
         output_norm: bool = True,
         output_gate: bool = True,
         impl: str = "chunked",
@@ -109,6 +113,7 @@ class SelfModifyingTitans(nn.Module):
         self.chunk_size, self.memory_chunk_size = chunk_size, memory_chunk_size
         self.adaptive_q, self.activation = adaptive_q, activation
         self.max_lr = 1 / (2 * max(chunk_size, memory_chunk_size)) if max_lr is None else max_lr
+        self.max_grad_norm = max_grad_norm
         self.op = chunked if impl == "chunked" else naive
 
         self.conv = nn.Conv1d(d_model, d_model, conv_kernel, groups=d_model, bias=False) if use_conv else None
@@ -176,7 +181,7 @@ class SelfModifyingTitans(nn.Module):
         parts = []
         if n_full:
             outs, (W1, W2) = self.op.self_modifying_projections(
-                xs[:, :, :n_full], W1, W2, *gates, self.chunk_size, self.activation
+                xs[:, :, :n_full], W1, W2, *gates, self.chunk_size, self.activation, self.max_grad_norm
             )
             parts.append(outs)
         parts.append(naive.project(W1, W2, xs[:, :, n_full:], *gates, self.activation))  # the unfinished chunk
@@ -193,7 +198,7 @@ class SelfModifyingTitans(nn.Module):
         ys = []
         if n_full:
             full = (t[:, :, :n_full] for t in (q, k, v, eta, alpha))
-            y, (W1, W2) = self.op.dgd_memory(*full, W1, W2, self.memory_chunk_size, self.activation)
+            y, (W1, W2) = self.op.dgd_memory(*full, W1, W2, self.memory_chunk_size, self.activation, self.max_grad_norm)
             ys.append(y)
         ys.append(naive.residual_mlp(W1, W2, q[:, :, n_full:], self.activation))
         pending = tuple(t[:, :, n_full:] for t in (q, k, v, eta, alpha))

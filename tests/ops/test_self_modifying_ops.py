@@ -187,3 +187,31 @@ def test_projection_memories_learn_in_context():
     for a, b in ((k, k0), (v, v0), (eta, eta0), (alpha, alpha0)):
         torch.testing.assert_close(a[:, :, :4], b[:, :, :4], rtol=1e-13, atol=1e-15)
         assert not torch.allclose(a[:, :, 4:], b[:, :, 4:])
+
+
+@pytest.mark.parametrize("T, C, Cm, adaptive_q", [(13, 3, 5, False), (16, 4, 8, True)])
+def test_clipped_chunked_matches_naive_chunk_loop(T, C, Cm, adaptive_q):
+    """Per-token inner gradient clipping: norms from |k| |d1| and |h| |d2| equal the literal clip of each gradient."""
+    kw = dict(max_lr=MAX_LR, chunk_size=C, memory_chunk_size=Cm, max_grad_norm=0.3)
+    out, grads = outputs_and_grads(chunked.self_modifying_titans, make_inputs(T, adaptive_q), **kw)
+    out_ref, grads_ref = outputs_and_grads(naive.self_modifying_titans, make_inputs(T, adaptive_q), **kw)
+    assert_rel_close(out, out_ref)
+    assert_rel_close(grads, grads_ref)
+    unclipped, _ = outputs_and_grads(
+        chunked.self_modifying_titans, make_inputs(T, adaptive_q), **kw | {"max_grad_norm": None}
+    )
+    assert (unclipped[0] - out[0]).norm() > 1e-3 * out[0].norm(), "max_grad_norm=0.3 should clip these inputs"
+
+
+def test_clipped_dgd_memory_and_recurrence():
+    kw = dict(chunk_size=4, max_grad_norm=0.5)
+    out, grads = outputs_and_grads(chunked.dgd_memory, make_memory_inputs(13), **kw)
+    out_ref, grads_ref = outputs_and_grads(naive.dgd_memory, make_memory_inputs(13), **kw)
+    assert_rel_close(out, out_ref)
+    assert_rel_close(grads, grads_ref)
+    ref = outputs_and_grads(naive.self_modifying_titans_recurrent, make_inputs(7), max_lr=MAX_LR, max_grad_norm=0.3)
+    kw = dict(max_lr=MAX_LR, chunk_size=1, memory_chunk_size=1, max_grad_norm=0.3)
+    for actual, expected in zip(
+        outputs_and_grads(chunked.self_modifying_titans, make_inputs(7), **kw), ref, strict=True
+    ):
+        assert_rel_close(actual, expected)

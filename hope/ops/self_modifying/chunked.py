@@ -31,7 +31,7 @@ autograd through these tensor ops (the triangular solve included) gives the oute
 import torch
 
 from hope.ops.self_modifying.naive import Memory, project
-from hope.ops.titans.naive import ACTIVATIONS
+from hope.ops.titans.naive import ACTIVATIONS, clip_scale
 
 __all__ = ["dgd_memory", "self_modifying_projections", "self_modifying_titans", "gate_products"]
 
@@ -51,7 +51,7 @@ def gate_products(alpha: torch.Tensor) -> torch.Tensor:
     return P * (below | (i[:, None] == i[None, :]))
 
 
-def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None):
+def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None, max_grad_norm=None):
     """Read M_0(q) (if q is given) and write a chunk. k, v, q [.., C, D]; eta, alpha [.., C]; W1 [.., D, E].
 
     Leading dims broadcast: the projection group passes k [B, H, 1, C, D] against W1 [B, H, N, D, E].
@@ -67,6 +67,10 @@ def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None):
 
     d2 = 2 * (Mk - vhat)  # dL/dM(k) of Eq. 88; vhat is the target (no inner derivative through it)
     d1 = (d2 @ W2.mT) * act_grad(zk)
+    # per-token gradient norms from vector norms: ||k^T d1||_F = |k| |d1|, ||h^T d2||_F = |h| |d2|
+    scale = clip_scale(k.pow(2).sum(-1) * d1.pow(2).sum(-1) + hk.pow(2).sum(-1) * d2.pow(2).sum(-1), max_grad_norm)
+    if scale is not None:
+        d1, d2 = d1 * scale[..., None], d2 * scale[..., None]
 
     P = gate_products(alpha)
     G, S, r, g = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
@@ -80,34 +84,49 @@ def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None):
     return y, W1, W2
 
 
-def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu"):
+def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu", max_grad_norm=None):
     """Chunk-parallel M_memory; arguments and result exactly as ``naive.dgd_memory``."""
     ys = []
     for s in range(0, k.shape[2], chunk_size):
         c = slice(s, s + chunk_size)
-        y, W1, W2 = _write_chunk(W1, W2, k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c], activation, q[:, :, c])
+        chunk = (k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c])
+        y, W1, W2 = _write_chunk(W1, W2, *chunk, activation, q[:, :, c], max_grad_norm)
         ys.append(y)
     return torch.cat(ys, dim=2), (W1, W2)
 
 
-def self_modifying_projections(x, W1, W2, gate_w, gate_b, max_lr: float, chunk_size: int, activation: str = "silu"):
+def self_modifying_projections(
+    x, W1, W2, gate_w, gate_b, max_lr: float, chunk_size: int, activation: str = "silu", max_grad_norm=None
+):
     """Chunk-parallel projection memories; arguments and result exactly as ``naive.self_modifying_projections``."""
     outs = []
     for s in range(0, x.shape[2], chunk_size):
         k, v, eta, alpha, q = project(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation)
         outs.append((k, v, eta, alpha, q))
         shared = (t[:, :, None] for t in (k, v, eta, alpha))  # one k, v, eta, alpha for all N memories
-        _, W1, W2 = _write_chunk(W1, W2, *shared, activation)
+        _, W1, W2 = _write_chunk(W1, W2, *shared, activation, max_grad_norm=max_grad_norm)
     cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
     return tuple(cat), (W1, W2)
 
 
 def self_modifying_titans(
-    x, q, projections: Memory, memory: Memory, gate_w, gate_b, max_lr, chunk_size, memory_chunk_size, activation="silu"
+    x,
+    q,
+    projections: Memory,
+    memory: Memory,
+    gate_w,
+    gate_b,
+    max_lr,
+    chunk_size,
+    memory_chunk_size,
+    activation="silu",
+    max_grad_norm=None,
 ):
     """Chunk-parallel self-modifying Titans; arguments and result exactly as ``naive.self_modifying_titans``."""
     (k, v, eta, alpha, q_mem), projections = self_modifying_projections(
-        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation
+        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation, max_grad_norm
     )
-    y, memory = dgd_memory(q_mem if q is None else q, k, v, eta, alpha, *memory, memory_chunk_size, activation)
+    y, memory = dgd_memory(
+        q_mem if q is None else q, k, v, eta, alpha, *memory, memory_chunk_size, activation, max_grad_norm
+    )
     return y, projections, memory

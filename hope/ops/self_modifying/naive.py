@@ -36,6 +36,9 @@ Update (Eqs. 88-91): delta gradient descent with retention, for every memory m, 
         W1_t = (alpha_t I - eta_t k_t^T k_t) W1_{t-1} - eta_t grad_W1,
     while the output-side W2, whose input is act(k W1), keeps the plain retention W2_t = alpha_t W2_{t-1} - eta_t
     grad_W2 (the same choice as kmccleary3301/nested_learning).
+Inner gradient clipping (``max_grad_norm``, as in ``hope.ops.titans``): each token's (grad_W1, grad_W2) is scaled
+  per memory by min(1, max_grad_norm / ||(grad_W1, grad_W2)||) before the step. The delta-rule factor is left
+  alone: with unit k and eta <= 1 it cannot grow the weights. Off (None) in the references unless asked.
 Retrieval (Eq. 83): y_t = M_memory(q_t) at the weights the memory chunk of t started with. With chunk size 1 this
   is y_t = M_{memory,t-1}(q_t): read, then write, as in the paper.
 
@@ -51,7 +54,7 @@ float64 round-off, outputs, final states and gradients.
 import torch
 import torch.nn.functional as F
 
-from hope.ops.titans.naive import ACTIVATIONS
+from hope.ops.titans.naive import ACTIVATIONS, clip_scale
 
 __all__ = [
     "PROJECTIONS",
@@ -105,16 +108,25 @@ def _dgd_step(W1, W2, G1, G2, k, eta, alpha):
     return W1, alpha * W2 - eta * G2
 
 
-def _write_chunk(W1, W2, k, v, eta, alpha, activation):
+def _clip(G1, G2, max_norm):
+    """One token's (G1, G2), scaled together to a norm of at most max_norm per memory (Titans' ``_clip``)."""
+    scale = clip_scale(G1.pow(2).sum((-2, -1)) + G2.pow(2).sum((-2, -1)), max_norm)
+    return (G1, G2) if scale is None else (G1 * scale[..., None, None], G2 * scale[..., None, None])
+
+
+def _write_chunk(W1, W2, k, v, eta, alpha, activation, max_grad_norm=None):
     """Write a chunk: gradients at the chunk-start (W1, W2), then the per-token Eq. 88 sweep. k, v [.., C, D]."""
     vhat = residual_mlp(W1, W2, v, activation)  # Eq. 87
-    grads = [_inner_grads(W1, W2, k[..., t, None, :], vhat[..., t, None, :], activation) for t in range(k.shape[-2])]
+    grads = [
+        _clip(*_inner_grads(W1, W2, k[..., t, None, :], vhat[..., t, None, :], activation), max_grad_norm)
+        for t in range(k.shape[-2])
+    ]
     for t, (G1, G2) in enumerate(grads):
         W1, W2 = _dgd_step(W1, W2, G1, G2, k[..., t, None, :], eta[..., t], alpha[..., t])
     return W1, W2
 
 
-def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu"):
+def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu", max_grad_norm=None):
     """M_memory over a sequence, literally: each chunk reads y = M(q) and writes (k, v) at its start weights.
 
     q, k, v: [B, H, T, D]; eta, alpha: [B, H, T]; W1 [B, H, D, E], W2 [B, H, E, D].
@@ -124,11 +136,13 @@ def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "
     for s in range(0, k.shape[2], chunk_size):
         c = slice(s, s + chunk_size)
         ys.append(residual_mlp(W1, W2, q[:, :, c], activation))  # Eq. 83, before the chunk's writes
-        W1, W2 = _write_chunk(W1, W2, k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c], activation)
+        W1, W2 = _write_chunk(W1, W2, k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c], activation, max_grad_norm)
     return torch.cat(ys, dim=2), (W1, W2)
 
 
-def self_modifying_projections(x, W1, W2, gate_w, gate_b, max_lr: float, chunk_size: int, activation: str = "silu"):
+def self_modifying_projections(
+    x, W1, W2, gate_w, gate_b, max_lr: float, chunk_size: int, activation: str = "silu", max_grad_norm=None
+):
     """The projection memories over a sequence, literally: each chunk projects x at its start weights, then every
     memory writes (k, M_m(v)) with the chunk's shared k, eta, alpha.
 
@@ -140,13 +154,23 @@ def self_modifying_projections(x, W1, W2, gate_w, gate_b, max_lr: float, chunk_s
         k, v, eta, alpha, q = project(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation)
         outs.append((k, v, eta, alpha, q))
         shared = (t[:, :, None] for t in (k, v, eta, alpha))  # one k, v, eta, alpha for all N memories
-        W1, W2 = _write_chunk(W1, W2, *shared, activation)
+        W1, W2 = _write_chunk(W1, W2, *shared, activation, max_grad_norm)
     cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
     return tuple(cat), (W1, W2)
 
 
 def self_modifying_titans(
-    x, q, projections: Memory, memory: Memory, gate_w, gate_b, max_lr, chunk_size, memory_chunk_size, activation="silu"
+    x,
+    q,
+    projections: Memory,
+    memory: Memory,
+    gate_w,
+    gate_b,
+    max_lr,
+    chunk_size,
+    memory_chunk_size,
+    activation="silu",
+    max_grad_norm=None,
 ):
     """Projection loop, then memory loop (they decouple, see the module docstring).
 
@@ -154,14 +178,24 @@ def self_modifying_titans(
     N = 5 projection memories). Returns y [B, H, T, D], final projection memories, final M_memory.
     """
     (k, v, eta, alpha, q_mem), projections = self_modifying_projections(
-        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation
+        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation, max_grad_norm
     )
-    y, memory = dgd_memory(q_mem if q is None else q, k, v, eta, alpha, *memory, memory_chunk_size, activation)
+    y, memory = dgd_memory(
+        q_mem if q is None else q, k, v, eta, alpha, *memory, memory_chunk_size, activation, max_grad_norm
+    )
     return y, projections, memory
 
 
 def self_modifying_titans_recurrent(
-    x, q, projections: Memory, memory: Memory, gate_w, gate_b, max_lr: float, activation: str = "silu"
+    x,
+    q,
+    projections: Memory,
+    memory: Memory,
+    gate_w,
+    gate_b,
+    max_lr: float,
+    activation: str = "silu",
+    max_grad_norm=None,
 ):
     """Exact per-token recurrence of Eqs. 83-88, both loops interleaved token by token: project x_t and read y_t
     at the weights after token t-1, then write every memory. Equals :func:`self_modifying_titans` with both chunk
@@ -172,6 +206,6 @@ def self_modifying_titans_recurrent(
         k, v, eta, alpha, q_t = project(*projections, x[:, :, tok], gate_w, gate_b, max_lr, activation)
         ys.append(residual_mlp(*memory, q_t if q is None else q[:, :, tok], activation))
         shared = (t[:, :, None] for t in (k, v, eta, alpha))  # one k, v, eta, alpha for all N projection memories
-        projections = _write_chunk(*projections, *shared, activation)
-        memory = _write_chunk(*memory, k, v, eta, alpha, activation)
+        projections = _write_chunk(*projections, *shared, activation, max_grad_norm)
+        memory = _write_chunk(*memory, k, v, eta, alpha, activation, max_grad_norm)
     return torch.cat(ys, dim=2), projections, memory
