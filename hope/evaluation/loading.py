@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from hope.data.sources import is_validation, iter_documents, source_kind
-from hope.lit.checkpoint import load_model
+from hope.finetune.checkpoint import load_any
 from hope.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,12 @@ def default_device() -> str:
 
 
 def load_for_eval(checkpoint: str | Path, tokenizer: str | None = None, device: str | None = None):
-    """``(model in eval mode on device, tokenizer)``; the tokenizer must fit the model's vocabulary."""
-    model = load_model(checkpoint).to(device or default_device())
+    """``(model in eval mode on device, tokenizer)``; the tokenizer must fit the model's vocabulary.
+
+    ``checkpoint``: a ``hope fit`` or ``hope finetune`` ``.ckpt`` (memory layers rebuilt, LoRA adapters merged, a
+    trainable-only checkpoint's frozen weights read from its ``init_from``), or a ``.safetensors`` file.
+    """
+    model = load_any(checkpoint).to(device or default_device())
     tok = resolve_tokenizer(checkpoint, tokenizer)
     tok.check_fits(model.config.vocab_size)
     return model, tok

@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from hope.layers.memory_layer import MemoryLayerConfig, swap_mlp_for_memory
-from hope.lit.checkpoint import load_checkpoint_file, model_config_from, model_state_dict_from, tied_aliases
+from hope.lit.checkpoint import (
+    load_checkpoint_file,
+    load_model,
+    model_config_from,
+    model_state_dict_from,
+    tied_aliases,
+)
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -34,11 +40,24 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def is_finetune_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` was written by ``hope finetune`` (a ``.ckpt`` with a ``finetune`` entry). A missing or
+    corrupt file raises ``load_checkpoint_file``'s error."""
+    path = Path(path)
+    return path.suffix != ".safetensors" and "finetune" in load_checkpoint_file(path)
+
+
+def load_any(path: str | os.PathLike) -> nn.Module:
+    """The ``HopeLM`` of any checkpoint, in eval mode on CPU: ``hope finetune`` checkpoints through
+    ``load_finetuned`` (memory layers rebuilt, LoRA merged, frozen weights from the base), ``hope fit`` checkpoints
+    and ``.safetensors`` through ``hope.lit.checkpoint.load_model``."""
+    return load_finetuned(path) if is_finetune_checkpoint(path) else load_model(path)
+
+
 def starting_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Plain model weights of ``path``: a ``hope fit`` checkpoint or ``.safetensors`` as they are, a ``hope
     finetune`` checkpoint through ``load_finetuned`` (adapters merged), so finetunes can chain."""
-    path = Path(path)
-    if path.suffix != ".safetensors" and "finetune" in load_checkpoint_file(path):
+    if is_finetune_checkpoint(path):
         return load_finetuned(path).state_dict()
     return model_state_dict_from(path)
 
@@ -93,6 +112,13 @@ def load_finetuned(path: str | os.PathLike, base: str | os.PathLike | None = Non
         base = base or info["init_from"]
         if base is None:
             raise ValueError(f"{str(path)!r} stores trainable weights only and names no base; pass `base`.")
+        if not Path(base).is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} stores trainable weights only (model.save_weights: trainable); its frozen weights "
+                f"come from the base {str(base)!r} (the run's init_from), which does not exist here (relative paths "
+                "are from the directory `hope finetune` ran in). Fix: run from that directory, pass `base` to "
+                "load_finetuned, or finetune with model.save_weights: full."
+            )
         init_weights(model, base, memory)
     elif memory is not None:
         swap_mlp_for_memory(model, memory)

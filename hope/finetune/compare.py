@@ -57,15 +57,6 @@ def default_methods(epochs: int, seq_len: int = 128) -> dict:
     }
 
 
-def load_start(checkpoint: str):
-    from hope.evaluation.loading import resolve_tokenizer
-    from hope.finetune.checkpoint import load_finetuned
-    from hope.lit.checkpoint import load_checkpoint_file, load_model
-
-    model = load_finetuned(checkpoint) if "finetune" in load_checkpoint_file(checkpoint) else load_model(checkpoint)
-    return model, resolve_tokenizer(checkpoint)
-
-
 def compare(
     checkpoint: str,
     out: str = "docs/finetune-comparison",
@@ -94,10 +85,11 @@ def compare(
         general_tokens: tokens of general text scored before and after (perplexity).
         seed: torch seed and the suite's seed.
     """
+    from hope.evaluation.loading import load_for_eval
     from hope.evaluation.retention import SyntheticFacts, run_retention
     from hope.evaluation.retention.harness import format_summary, general_perplexity_set, write_outputs
 
-    start, tokenizer = load_start(checkpoint)
+    start, tokenizer = load_for_eval(checkpoint, device="cpu")
     suite = SyntheticFacts(n_tasks=n_tasks, people_per_task=people_per_task, paraphrases=paraphrases,
                            test_template=test_template, seed=seed)
     general = general_perplexity_set(general_tokens)
