@@ -24,7 +24,8 @@ from hope.evaluation.retention import (
     run_retention,
 )
 from hope.evaluation.retention.domains import GENERAL_VAL_FRACTION
-from hope.evaluation.retention.methods import pack_blocks
+from hope.finetune.data import pack_blocks
+from hope.finetune.methods import FullFinetune, TaskLoop
 from hope.model import HopeLM
 from hope.tokenizer import Tokenizer
 
@@ -85,6 +86,22 @@ def test_full_finetune_learns_the_task():
     stats = EpochFinetune(lr=3e-3, epochs=8, seq_len=32).learn(model, task, tok)
     assert stats["steps"] > 0 and stats["loss_last"] < stats["loss_first"] - 1.0
     assert not model.training
+
+
+def test_epoch_finetune_is_full_finetune_with_flat_options():
+    """One implementation: the harness's EpochFinetune is hope.finetune's FullFinetune, weight for weight."""
+    tok, task = Tokenizer.default(), SyntheticFacts(n_tasks=1, people_per_task=1).tasks()[0]
+    trained = []
+    for method in (EpochFinetune(lr=3e-3, epochs=2, seq_len=32, weight_decay=0.1),
+                   FullFinetune(loop=TaskLoop(lr=3e-3, epochs=2, seq_len=32, weight_decay=0.1))):
+        model = tiny_model()
+        method.setup(model, tok)
+        method.learn(model, task, tok)
+        trained.append(model.state_dict())
+    assert isinstance(EpochFinetune(), FullFinetune)
+    assert trained[0].keys() == trained[1].keys() and all(v.equal(trained[1][k]) for k, v in trained[0].items())
+    assert not trained[0]["head.weight"].equal(tiny_model().state_dict()["head.weight"])
+    assert EpochFinetune(lr=0.5).config() == {**vars(TaskLoop()), "lr": 0.5}
 
 
 def test_in_context_uses_only_learned_tasks():
@@ -227,6 +244,14 @@ def test_retention_command_facts_finetune(safetensors_checkpoint, tmp_path, caps
     assert {"task/facts-1/accuracy", "average/accuracy", "general/perplexity", "learn/loss_last",
             "summary/backward_transfer", "summary/general_relative_drop"} <= tags
     assert "backward_transfer" in capsys.readouterr().out
+    # the same method by its hope.finetune name (jsonargparse resolves every finetune method's class name)
+    main(["eval", "retention", "--checkpoint", str(safetensors_checkpoint), "--suite", "SyntheticFacts",
+          "--suite.n_tasks", "2", "--suite.people_per_task", "1", "--method", "FullFinetune", "--method.loop.epochs",
+          "2", "--method.loop.seq_len", "32", "--general_tokens", "128", "--out_dir", str(tmp_path / "full"),
+          "--progress", "false"])
+    full = json.loads((tmp_path / "full" / "retention.json").read_text())
+    assert report["method"]["class"] == "EpochFinetune" and full["method"]["class"] == "FullFinetune"
+    assert full["matrix_with_initial"] == report["matrix_with_initial"] and full["general"] == report["general"]
 
 
 def test_retention_command_domains_in_context(safetensors_checkpoint, tmp_path):

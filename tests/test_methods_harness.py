@@ -1,8 +1,11 @@
-"""Every method plugs into the retention harness (``run_retention``) as a ``ContinualMethod`` and learns."""
+"""Every method plugs into the retention harness (``run_retention``) as a ``ContinualMethod`` and learns; HOPE keeps
+its CMS level periods there."""
 
 import pytest
+import torch
 
-from hope.evaluation.retention import ContinualMethod, SyntheticFacts, run_retention
+from hope.config import ModelConfig
+from hope.evaluation.retention import ContinualMethod, SyntheticFacts, Task, run_retention
 from hope.finetune.methods import (
     EWC,
     FullFinetune,
@@ -14,6 +17,7 @@ from hope.finetune.methods import (
     TaskLoop,
 )
 from hope.layers.memory_layer import MemoryLayerConfig, swap_mlp_for_memory
+from hope.model import HopeLM
 from hope.tokenizer import Tokenizer
 from tests.test_finetune_params import snapshot, tiny_model
 
@@ -55,3 +59,36 @@ def test_method_runs_in_the_retention_harness(name, text_corpus):
         assert method._buffer is not None and stats[1]["replayed_buffer_share"] > 0
     if name == "ewc":
         assert method._fisher and stats[1]["penalty"] >= 0
+
+
+class RecordingFull(FullFinetune):
+    """Full finetuning that records the weights before every optimizer step."""
+
+    def __init__(self, loop: TaskLoop) -> None:
+        super().__init__(loop)
+        self.before_steps: list[dict] = []
+
+    def before_optimizer_step(self, model, step: int) -> None:
+        self.before_steps.append(snapshot(model))
+
+
+def test_harness_finetuning_keeps_cms_level_periods():
+    """HOPE in the retention harness: CMS level l steps every cms_level_periods[l] steps of a task, as in `hope
+    finetune` (one LevelOptimizer), while the rest steps every step."""
+    torch.manual_seed(0)
+    model = HopeLM(ModelConfig.from_preset("hope-debug", n_layer=1, n_embd=32, n_head=2, cms_hidden=[32, 32, 32],
+                                           cms_level_periods=[1, 4, 16], max_seq_len=64))
+    method, tok = RecordingFull(TaskLoop(epochs=8, batch_size=8, seq_len=32)), Tokenizer.default()
+    task = Task("t", ["Ada Quill was born in Port Mere in 1911.", "Ada Quill works as a glassblower."], None)
+    method.setup(model, tok)
+    assert method.learn(model, task, tok)["steps"] == 8  # one batch per epoch
+    weights = [*method.before_steps, snapshot(model)]
+    moved = [{n for n, v in after.items() if not v.equal(before[n])}
+             for before, after in zip(weights[:-1], weights[1:], strict=True)]
+
+    def level(names: set[str], level: int) -> bool:
+        return any(f".cms.levels.{level}." in n for n in names)
+
+    assert all(level(m, 0) and "head.weight" in m for m in moved)
+    assert [level(m, 1) for m in moved] == [False, False, False, True] * 2
+    assert not any(level(m, 2) for m in moved)  # period 16 > 8 steps

@@ -18,7 +18,8 @@ from typing import Literal
 
 from jsonargparse import CLI, lazy_instance
 
-from hope.evaluation.retention import ContinualMethod, EpochFinetune, SyntheticFacts, TaskSuite
+from hope.evaluation.retention import ContinualMethod, SyntheticFacts, TaskSuite
+from hope.finetune.methods import EpochFinetune  # and every finetune method, so --method takes their class names
 
 # jsonargparse builds these lazily, so each run gets fresh instances configured from the command line.
 DEFAULT_SUITE = lazy_instance(SyntheticFacts)
@@ -47,7 +48,8 @@ def perplexity(
     """Perplexity, bits per byte and word perplexity of a checkpoint, and perplexity by position in the document.
 
     Args:
-        checkpoint: a ``hope fit`` checkpoint (``.ckpt``) or a ``.safetensors`` file with ``model_config.yaml``.
+        checkpoint: a ``hope fit`` or ``hope finetune`` checkpoint (``.ckpt``) or a ``.safetensors`` file with
+            ``model_config.yaml``.
         source: documents: ``default`` (the built-in corpus), a local file or folder, or a hub dataset
             ``name[:config][@split]`` (as ``data.source``).
         split: ``val``/``train``: the documents ``hope fit`` holds out / trains on (with ``val_fraction``);
@@ -110,11 +112,13 @@ def retention(
     to ``out_dir``.
 
     Args:
-        checkpoint: the starting model (``.ckpt`` or ``.safetensors``).
+        checkpoint: the starting model (``.ckpt`` of ``hope fit`` or ``hope finetune``, or ``.safetensors``).
         suite: the task sequence: ``SyntheticFacts`` (facts about fictional people; accuracy) or
             ``DomainSequence`` (standard-library packages; perplexity), with ``--suite.OPTION value``.
-        method: how tasks are learned: ``EpochFinetune`` or ``InContext``, or any ``ContinualMethod`` subclass
-            by import path, with ``--method.OPTION value``.
+        method: how tasks are learned, with ``--method.OPTION value``: ``EpochFinetune`` (full finetuning, flat
+            options ``--method.lr``, ``epochs``, ...), ``InContext``, a ``hope.finetune.methods`` class by name
+            (``FullFinetune``, ``LoRA``, ``EWC``, ``Replay``, ``SparseMemoryFinetune``, ...; options
+            ``--method.loop.lr`` ...), or any ``ContinualMethod`` subclass by import path.
         tokenizer: sentencepiece ``.model``; default: the checkpoint's, else the default tokenizer.
         general_tokens: tokens of the default corpus's validation split scored as the general metric
             (perplexity, before and after); 0 skips it.
@@ -167,7 +171,7 @@ def recall(
     Writes ``recall.json`` (accuracy per kind, length and depth; per number of pairs) and ``recall.png``.
 
     Args:
-        checkpoint: the model (``.ckpt`` or ``.safetensors``).
+        checkpoint: the model (``.ckpt`` of ``hope fit`` or ``hope finetune``, or ``.safetensors``).
         kinds: needle kinds (default all: passkey, number, word); ``[]`` skips the needles.
         lengths: prompt lengths in tokens (default ``[256, 512, 1024, 2048]``; e.g. up to 16384).
         depths: relative needle positions in the hay (default ``[0.1, 0.5, 0.9]``).

@@ -7,6 +7,7 @@ pretraining; labels past the end of the stream are -100 (not scored).
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -15,10 +16,13 @@ from hope.tokenizer import Tokenizer
 
 
 def pack_blocks(stream: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, labels)`` [n, seq_len]: ``stream`` cut into next-token blocks; the tail is padded with -100."""
-    from hope.evaluation.retention.methods import pack_blocks as harness_pack  # the harness's own packing
-
-    return harness_pack(stream, seq_len)
+    """``(inputs, labels)`` [n, seq_len]: ``stream`` cut into next-token blocks; labels past its end are -100."""
+    n = max(1, math.ceil((len(stream) - 1) / seq_len))
+    tokens = torch.zeros(n * seq_len + 1, dtype=torch.long)
+    tokens[: len(stream)] = torch.tensor(stream, dtype=torch.long)
+    labels = tokens[1:].clone()
+    labels[max(len(stream) - 1, 0) :] = -100
+    return tokens[:-1].view(n, seq_len), labels.view(n, seq_len)
 
 
 def text_blocks(texts: list[str], tokenizer: Tokenizer, seq_len: int, seed: int | None = None,

@@ -1,4 +1,5 @@
-"""The optimizer of a ``hope finetune`` run: the method's groups (lr scales, ``group_lr``, frozen parameters left
+"""The optimizer of a ``hope finetune`` run, and of a method learning a task in the retention harness
+(``FinetuneMethod.learn``, at a constant lr): the method's groups (lr scales, ``group_lr``, frozen parameters left
 out) under the run's warmup/cosine schedule.
 
 HOPE families keep their Nested-Learning outer loop while finetuning: as in ``hope fit``

@@ -4,7 +4,7 @@ from hope.evaluation.retention.classification import ClassIncremental
 from hope.evaluation.retention.domains import DomainSequence
 from hope.evaluation.retention.facts import SyntheticFacts
 from hope.evaluation.retention.harness import run_retention, write_outputs
-from hope.evaluation.retention.methods import ContinualMethod, EpochFinetune, InContext
+from hope.evaluation.retention.methods import ContinualMethod, InContext
 from hope.evaluation.retention.tasks import (
     CandidateRanking,
     EvalContext,
@@ -20,3 +20,12 @@ __all__ = [
     "HeldOutPerplexity", "InContext", "QAItem", "SyntheticFacts", "Task", "TaskSuite", "TestSet", "run_retention",
     "write_outputs",
 ]
+
+
+def __getattr__(name: str):
+    # EpochFinetune is hope.finetune.methods' full finetuning, whose base class imports this package: import on use
+    if name == "EpochFinetune":
+        from hope.finetune.methods import EpochFinetune
+
+        return EpochFinetune
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,14 +30,17 @@ from torch import nn
 from hope.evaluation.retention.methods import ContinualMethod
 from hope.evaluation.retention.tasks import Task
 from hope.finetune.data import batches, text_blocks
-from hope.finetune.params import configure_trainable, param_groups
+from hope.finetune.params import configure_trainable
+from hope.lit.optim import OptimConfig
 from hope.tokenizer import Tokenizer
 
 
 @dataclass
 class TaskLoop:
     """How a method learns one task of the retention harness by itself (``hope finetune`` uses the Trainer and
-    ``model.optim`` instead). Each task gets a fresh optimizer at a constant lr."""
+    ``model.optim`` instead). Each task gets a fresh optimizer at a constant lr, built as ``hope finetune`` builds
+    its own (``hope.finetune.optim``): HOPE models keep their CMS level periods, so level l steps every
+    ``cms_level_periods[l]`` steps of a task (a level whose period exceeds a task's steps does not move in it)."""
 
     lr: float = 1e-3
     """Learning rate (1e-3 suits the ~3M-parameter debug models with AdamW; SMF with SGD uses ~1 to 5)."""
@@ -138,15 +141,17 @@ class FinetuneMethod(ContinualMethod):
         return min(self.loop.seq_len, model.config.max_seq_len)
 
     def learn(self, model: nn.Module, task: Task, tokenizer: Tokenizer) -> dict[str, float]:
+        from hope.finetune.optim import build_finetune_optimizer  # it imports this module
+
         loop, seq_len = self.loop, self.seq_len_for(model)
         device = next(model.parameters()).device
-        groups = param_groups(model, loop.lr, loop.weight_decay, self.lr_scales(model))
-        optimizer = self.make_optimizer(groups)
-        trainable = [p for g in groups for p in g["params"]]
+        constant = OptimConfig(lr=loop.lr, weight_decay=loop.weight_decay, warmup_steps=0, min_lr_ratio=1.0)
+        optimizer = build_finetune_optimizer(model, self, constant, total_steps=1)["optimizer"]  # no lr to schedule
+        trainable = [p for g in optimizer.param_groups for p in g["params"]]
         model.train()
         losses, step, stats = [], 0, {}
         for epoch in range(loop.epochs):
-            # texts reshuffled every epoch, then packed (as the harness's FullFinetune does)
+            # texts reshuffled every epoch, then packed
             seed = f"{loop.seed}/{self._tasks_learned}/{epoch}"
             for batch in batches(*text_blocks(task.train, tokenizer, seq_len, seed=seed), loop.batch_size):
                 batch = {k: v.to(device) for k, v in self.mix_batch(batch, step).items()}
