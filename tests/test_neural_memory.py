@@ -191,3 +191,17 @@ def test_safeguards_keep_a_repeated_token_bounded():
     assert _weight_growth_on_a_repeated_token() < 2
     assert not _weight_growth_on_a_repeated_token(ema_momentum=False, max_grad_norm=None) < 1e6  # nan or huge
     assert 2 < _weight_growth_on_a_repeated_token(ema_momentum=False) < 1e3
+
+
+@pytest.mark.slow
+def test_compiled_chunk_step_matches_eager():
+    """memory_compile: the torch.compile'd chunk step gives the eager outputs and gradients (float32)."""
+    x = tokens(3 * C + 1).float()
+    results = []
+    for compile in (False, True):
+        mem = make(compile=compile).float()
+        y, s = mem(x)
+        grads = torch.autograd.grad(y.square().sum() + sum(W.sum() for W in s.weights), list(mem.parameters()))
+        results.append((y, *s.weights, *grads))
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

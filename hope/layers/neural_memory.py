@@ -52,6 +52,7 @@ For MAC (retrieve -> attend -> write, Titans §4.1) the two halves are exposed s
 on its own: every chunk reads, then writes.
 """
 
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -116,6 +117,7 @@ class NeuralMemory(nn.Module):
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
         impl: "chunked" (chunk-parallel op) or "naive" (literal chunk loop, for tests).
+        compile: run the chunked op's per-chunk step through torch.compile (GPU speed; see hope.ops.titans.chunked).
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class NeuralMemory(nn.Module):
         output_norm: bool = True,
         output_gate: bool = True,
         impl: str = "chunked",
+        compile: bool = False,
     ):
         super().__init__()
         if linear_memory:
@@ -151,7 +154,7 @@ class NeuralMemory(nn.Module):
         self.qk_norm, self.residual, self.activation = qk_norm, residual, activation
         self.max_lr = 1 / (2 * chunk_size) if max_lr is None else max_lr
         self.ema_momentum, self.max_grad_norm = ema_momentum, max_grad_norm
-        self.impl = impl
+        self.impl, self.compile = impl, compile
         inner = n_head * head_dim
 
         self.q_proj = nn.Linear(d_model, inner, bias=False)
@@ -253,7 +256,7 @@ class NeuralMemory(nn.Module):
         n_full = k.shape[2] // self.chunk_size * self.chunk_size
         weights, momentum, ys = state.weights, state.momentum, []
         if n_full:
-            op = chunked.titans_memory if self.impl == "chunked" else naive.titans_memory
+            op = partial(chunked.titans_memory, compile=self.compile) if self.impl == "chunked" else naive.titans_memory
             to_write = (t[:, :, :n_full] for t in (k, v, *gates))
             q_full = None if q is None else q[:, :, :n_full]
             y, (weights, momentum) = op(

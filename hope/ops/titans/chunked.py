@@ -24,6 +24,8 @@ Only the Python loop over chunks (T / C steps) is sequential. Autograd through t
 outer-loop (second-order) gradients; nothing here calls autograd itself.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -107,6 +109,14 @@ def _chunk_step(weights, momentum, q, k, v, coefs, residual: bool, activation: s
     return y, new_weights, new_momentum
 
 
+@functools.cache
+def _compiled_chunk_step():
+    """``_chunk_step`` through torch.compile, built on first use. The chunk loop is launch-bound on GPUs (each step
+    is ~40 small kernels forward and backward); fusing the elementwise work of a step gave 1.4x on titans-mac-170m
+    (H100, bf16, 2048 x 8). Shapes are static: the last, shorter chunk of a sequence compiles once more."""
+    return torch.compile(_chunk_step, dynamic=False, fullgraph=True)
+
+
 def titans_memory(
     q: torch.Tensor | None,
     k: torch.Tensor,
@@ -120,19 +130,23 @@ def titans_memory(
     residual: bool = True,
     activation: str = "silu",
     max_grad_norm: float | None = None,
+    compile: bool = False,
 ) -> tuple[torch.Tensor | None, tuple[Weights, Weights]]:
     """Chunk-parallel Titans memory; arguments and result exactly as ``hope.ops.titans.naive.titans_memory``.
+
+    ``compile=True`` runs each chunk step through torch.compile (same math; needs a working inductor backend).
 
     q, k, v: [B, H, T, D] (q may be None: write only, y is None); theta, eta, alpha: [B, H, T] in (0, 1);
     weights, momentum: tuples of [B, H, d_in, d_out]. Returns y: [B, H, T, D] and the final (weights, momentum).
     """
     coefs = _per_chunk_coefficients(theta, eta, alpha, chunk_size)
+    step = _compiled_chunk_step() if compile else _chunk_step
     ys = []
     for n, cf in enumerate(coefs):
         chunk = slice(n * chunk_size, (n + 1) * chunk_size)
         q_c = None if q is None else q[:, :, chunk]
         k_c, v_c = k[:, :, chunk], v[:, :, chunk]
-        y, weights, momentum = _chunk_step(weights, momentum, q_c, k_c, v_c, cf, residual, activation, max_grad_norm)
+        y, weights, momentum = step(weights, momentum, q_c, k_c, v_c, cf, residual, activation, max_grad_norm)
         ys.append(y)
     y = None if q is None else torch.cat(ys, dim=2)
     return y, (weights, momentum)
