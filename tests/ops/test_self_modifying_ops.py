@@ -215,3 +215,24 @@ def test_clipped_dgd_memory_and_recurrence():
         outputs_and_grads(chunked.self_modifying_titans, make_inputs(7), **kw), ref, strict=True
     ):
         assert_rel_close(actual, expected)
+
+
+def test_chunk_maps_batched_equal_the_per_chunk_solve():
+    """Phi W1 - Psi D1 from one batched inverse over all chunks equals each chunk's own triangular solve."""
+    n, C = 3, 5
+    randn = _gen(7)
+    g = torch.Generator().manual_seed(8)
+    k = F.normalize(randn(n, B, H, C, D), dim=-1)
+    eta = MAX_LR * torch.rand(n, B, H, C, dtype=F64, generator=g)
+    alpha = 0.5 + 0.5 * torch.rand(n, B, H, C, dtype=F64, generator=g)
+    W1, D1 = randn(n, B, H, D, E), randn(n, B, H, C, E)
+    Phi, Psi, g_n, er = chunked.chunk_maps(k, eta, alpha)
+    for c in range(n):
+        P = chunked.gate_products(alpha[c])
+        G, S, r, g_c = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
+        A = eta[c, ..., :, None] * (k[c] @ k[c].mT) * S
+        U = torch.linalg.solve_triangular(
+            A, eta[c, ..., None] * (G[..., None] * (k[c] @ W1[c]) + D1[c]), upper=False, unitriangular=True
+        )
+        expected = g_c * W1[c] - (k[c] * r[..., None]).mT @ U
+        assert_rel_close([Phi[c] @ W1[c] - Psi[c] @ D1[c], g_n[c], er[c]], [expected, g_c, eta[c] * r], rel=1e-13)

@@ -26,6 +26,10 @@ terms, but they never need to be formed: the solve is O(C^2 E) per memory and A 
 only) is shared by all memories of a group. All gate products come from one (C+1) x (C+1) cumulative product, with
 no division, so a vanishing alpha costs no precision. Only the loop over chunks (T / C steps) is sequential;
 autograd through these tensor ops (the triangular solve included) gives the outer-loop gradients.
+
+The loop is launch-bound at small widths, so what does not need the chunk-start weights leaves it. For M_memory,
+k, eta and alpha are inputs: the solve is linear in its right-hand side, so W1_C = Phi W1_0 - Psi D1 with Phi, Psi
+built from k, eta, alpha alone (``chunk_maps``), computed for all chunks in one batched call before the loop.
 """
 
 import torch
@@ -33,7 +37,7 @@ import torch
 from hope.ops.self_modifying.naive import Memory, project
 from hope.ops.titans.naive import ACTIVATIONS, clip_scale
 
-__all__ = ["dgd_memory", "self_modifying_projections", "self_modifying_titans", "gate_products"]
+__all__ = ["dgd_memory", "self_modifying_projections", "self_modifying_titans", "gate_products", "chunk_maps"]
 
 
 def gate_products(alpha: torch.Tensor) -> torch.Tensor:
@@ -84,13 +88,66 @@ def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None, max_grad_nor
     return y, W1, W2
 
 
+def chunk_maps(k, eta, alpha):
+    """The weight-free part of a chunk's write: W1_C = Phi W1_0 - Psi D1 and W2_C = g W2_0 - (er * H_k)^T D2.
+
+    k [.., C, D]; eta, alpha [.., C]. Returns Phi [.., D, D], Psi [.., D, C], g [.., 1, 1] and er = eta * r [.., C].
+    The solve of ``_write_chunk`` is linear in its right-hand side, so with T = (I + A)^{-1} (one unit-lower-
+    triangular solve against the identity) U = T diag(eta) (diag(G) K W1_0 + D1) and W1_C = g W1_0 - (r * K)^T U:
+
+        Psi = (r * K)^T T diag(eta),    Phi = g I - Psi diag(G) K.
+
+    Only k, eta and alpha enter, so for M_memory (whose k, eta, alpha are inputs) the maps of all chunks come from
+    one batched call before the chunk loop, and the loop is left with two matmuls per weight.
+    """
+    C, D = k.shape[-2:]
+    P = gate_products(alpha)
+    G, S, r, g = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
+    A = eta[..., :, None] * (k @ k.mT) * S  # strictly lower: S_ij = 0 for j >= i
+    dtype = torch.promote_types(A.dtype, torch.float32)  # no half-precision triangular solve (and no need)
+    eye_CC = torch.eye(C, dtype=dtype, device=k.device)
+    T = torch.linalg.solve_triangular(A.to(dtype), eye_CC, upper=False, unitriangular=True).to(A.dtype)
+    Psi = (k * r[..., None]).mT @ (T * eta[..., None, :])
+    Phi = g * torch.eye(D, dtype=Psi.dtype, device=k.device) - (Psi * G[..., None, :]) @ k
+    return Phi, Psi, g, eta * r
+
+
 def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu", max_grad_norm=None):
-    """Chunk-parallel M_memory; arguments and result exactly as ``naive.dgd_memory``."""
+    """Chunk-parallel M_memory; arguments and result exactly as ``naive.dgd_memory``.
+
+    Everything that does not involve the weights is hoisted out of the chunk loop and batched over all complete
+    chunks: the [q; v; k] inputs of each chunk's forward, |k|^2 for the clip, and the gate maps of
+    :func:`chunk_maps` (gate products and triangular solve included). Each step of the loop is then one forward
+    at the chunk-start weights, its hand-written backward and W1 <- Phi W1 - Psi D1, W2 <- g W2 - (er H_k)^T D2.
+    A last, shorter chunk goes through ``_write_chunk``.
+    """
+    act, act_grad = ACTIVATIONS[activation]
+    C = chunk_size
+    n = k.shape[2] // C
     ys = []
-    for s in range(0, k.shape[2], chunk_size):
-        c = slice(s, s + chunk_size)
-        chunk = (k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c])
-        y, W1, W2 = _write_chunk(W1, W2, *chunk, activation, q[:, :, c], max_grad_norm)
+    if n:
+        # [B, H, n C, ..] -> [n, B, H, C, ..]: chunk-major, so that every chunk's slice is contiguous
+        chunks = lambda t: t[:, :, : n * C].unflatten(2, (n, C)).movedim(2, 0)  # noqa: E731
+        k_n, eta_n, alpha_n = chunks(k), chunks(eta), chunks(alpha)
+        X_n = torch.cat([chunks(q), chunks(v), k_n], dim=-2)  # one forward per chunk reads q, writes (k, v)
+        maps = chunk_maps(k_n, eta_n, alpha_n)
+        per_chunk = (t.unbind(0) for t in (X_n, *maps, k_n.pow(2).sum(-1)))  # unbind: one stack in the backward
+        for X, Phi, Psi, g, er, k_sq in zip(*per_chunk, strict=True):
+            z = X @ W1
+            h = act(z)
+            out = X + h @ W2
+            ys.append(out[..., :C, :])  # Eq. 83 at the chunk-start weights
+            zk, hk = z[..., 2 * C :, :], h[..., 2 * C :, :]
+            d2 = 2 * (out[..., 2 * C :, :] - out[..., C : 2 * C, :])  # dL/dM(k) with the target vhat = M(v)
+            d1 = (d2 @ W2.mT) * act_grad(zk)
+            scale = clip_scale(k_sq * d1.pow(2).sum(-1) + hk.pow(2).sum(-1) * d2.pow(2).sum(-1), max_grad_norm)
+            if scale is not None:
+                d1, d2 = d1 * scale[..., None], d2 * scale[..., None]
+            W1 = Phi @ W1 - Psi @ d1  # Eq. 88 input side (delta rule), unrolled over the chunk
+            W2 = g * W2 - (hk * er[..., None]).mT @ d2  # Eq. 88 output side (plain retention)
+    if k.shape[2] > n * C:
+        tail = tuple(t[:, :, n * C :] for t in (k, v, eta, alpha))
+        y, W1, W2 = _write_chunk(W1, W2, *tail, activation, q[:, :, n * C :], max_grad_norm)
         ys.append(y)
     return torch.cat(ys, dim=2), (W1, W2)
 
