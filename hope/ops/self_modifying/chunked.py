@@ -33,8 +33,9 @@ built from k, eta, alpha alone (``chunk_maps``), computed for all chunks in one 
 """
 
 import torch
+import torch.nn.functional as F
 
-from hope.ops.self_modifying.naive import Memory, project
+from hope.ops.self_modifying.naive import ALPHA, ETA, K, Memory, Q, V
 from hope.ops.titans.naive import ACTIVATIONS, clip_scale
 
 __all__ = ["dgd_memory", "self_modifying_projections", "self_modifying_titans", "gate_products", "chunk_maps"]
@@ -152,18 +153,74 @@ def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "
     return torch.cat(ys, dim=2), (W1, W2)
 
 
+def _project(W1, W2, x, gate_w, gate_b, max_lr: float, activation: str):
+    """``naive.project`` with the side-by-side W1 [B, H, D, N E]: one matmul gives every memory's hidden layer."""
+    act = ACTIVATIONS[activation][0]
+    N, E = W2.shape[2:4]
+    h = act(x @ W1).unflatten(-1, (N, E)).transpose(2, 3)  # [B, H, N, C, E]
+    out = x[:, :, None] + h @ W2  # every memory on the same x: [B, H, N, C, D]
+    logits = torch.einsum("bhntd,hnd->bhnt", out[:, :, ETA : ALPHA + 1], gate_w) + gate_b[None, :, :, None]
+    eta, alpha = max_lr * torch.sigmoid(logits[:, :, 0]), torch.sigmoid(logits[:, :, 1])
+    k, v = F.normalize(out[:, :, K : V + 1], dim=-1).unbind(2)
+    q = F.normalize(out[:, :, Q], dim=-1) if N > Q else None
+    return k, v, eta, alpha, q
+
+
+def _write_shared(W1, W2, k, v, eta, alpha, activation: str, max_grad_norm=None):
+    """``_write_chunk`` for the N projection memories, which share k, v, eta, alpha [B, H, C(, D)].
+
+    W1 [B, H, D, N E] holds the input-side weights side by side: the forward of [v; k] is one matmul, and the N
+    delta rules share A, so they are one triangular solve with N E right-hand sides (a broadcast A would be
+    expanded N times, and its gradient summed back). The output side stays per memory: W2 [B, H, N, E, D].
+    """
+    act, act_grad = ACTIVATIONS[activation]
+    C = k.shape[-2]
+    N, E = W2.shape[2:4]
+    X = torch.cat([v, k], dim=-2)  # [B, H, 2C, D]
+    z = X @ W1  # [B, H, 2C, N E]
+    h = act(z)
+    out = X[:, :, None] + h.unflatten(-1, (N, E)).transpose(2, 3) @ W2  # [B, H, N, 2C, D]
+    zk, hk = z[..., C:, :], h[..., C:, :]
+
+    d2 = 2 * (out[..., C:, :] - out[..., :C, :])  # [B, H, N, C, D]; dL/dM_m(k) with the target vhat = M_m(v)
+    d1 = (d2 @ W2.mT).transpose(2, 3).flatten(-2) * act_grad(zk)  # [B, H, C, N E]
+    if max_grad_norm is not None:  # per token and memory, as in _write_chunk: |k|^2 |d1_m|^2 + |h_m|^2 |d2_m|^2
+        per_memory = lambda t: t.unflatten(-1, (N, E)).pow(2).sum(-1)  # noqa: E731  [B, H, C, N]
+        sq = k.pow(2).sum(-1)[..., None] * per_memory(d1) + per_memory(hk) * d2.pow(2).sum(-1).mT
+        scale = clip_scale(sq, max_grad_norm)
+        d1 = (d1.unflatten(-1, (N, E)) * scale[..., None]).flatten(-2)
+        d2 = d2 * scale.mT[..., None]
+
+    P = gate_products(alpha)
+    G, S, r, g = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
+    A = eta[..., :, None] * (k @ k.mT) * S  # [B, H, C, C], strictly lower
+    rhs = eta[..., None] * (G[..., None] * zk + d1)  # zk = k W1_0
+    dtype = torch.promote_types(rhs.dtype, torch.float32)  # no half-precision triangular solve (and no need)
+    U = torch.linalg.solve_triangular(A.to(dtype), rhs.to(dtype), upper=False, unitriangular=True)
+    W1 = g * W1 - (k * r[..., None]).mT @ U  # Eq. 88 input side, all N memories at once
+    hk = hk.unflatten(-1, (N, E)).transpose(2, 3)  # [B, H, N, C, E]
+    W2 = g[..., None] * W2 - (hk * (eta * r)[:, :, None, :, None]).mT @ d2  # Eq. 88 output side
+    return W1, W2
+
+
 def self_modifying_projections(
     x, W1, W2, gate_w, gate_b, max_lr: float, chunk_size: int, activation: str = "silu", max_grad_norm=None
 ):
-    """Chunk-parallel projection memories; arguments and result exactly as ``naive.self_modifying_projections``."""
+    """Chunk-parallel projection memories; arguments and result exactly as ``naive.self_modifying_projections``.
+
+    Here k, v, eta, alpha of a chunk come from its start weights, so only the layout helps: the N memories read
+    the same input, so their input-side weights W1 [B, H, N, D, E] are kept side by side as [B, H, D, N E] inside
+    the loop (see :func:`_write_shared`) and put back at the end.
+    """
+    B, H, N, D, E = W1.shape
+    W1 = W1.transpose(2, 3).reshape(B, H, D, N * E)
     outs = []
     for s in range(0, x.shape[2], chunk_size):
-        k, v, eta, alpha, q = project(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation)
+        k, v, eta, alpha, q = _project(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation)
         outs.append((k, v, eta, alpha, q))
-        shared = (t[:, :, None] for t in (k, v, eta, alpha))  # one k, v, eta, alpha for all N memories
-        _, W1, W2 = _write_chunk(W1, W2, *shared, activation, max_grad_norm=max_grad_norm)
+        W1, W2 = _write_shared(W1, W2, k, v, eta, alpha, activation, max_grad_norm)
     cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
-    return tuple(cat), (W1, W2)
+    return tuple(cat), (W1.unflatten(-1, (N, E)).transpose(2, 3), W2)
 
 
 def self_modifying_titans(
