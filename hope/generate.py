@@ -13,6 +13,13 @@ Streaming through the state is exact (``tests/test_titans_models.py``), so the t
 the whole sequence at every step (``tests/test_generate.py``). The cost per token stays constant however long the
 stream runs: the memory is fixed-size, and attention reaches only a window or a segment.
 
+**Learning while generating (HOPE).** Pass ``learner=TestTimeLearner(model, ...)`` and every token goes through
+``learner.step`` instead of the plain forward: the CMS levels learn from the prompt (and later turns) in context,
+and the fast weights travel in the returned state (``hope.ttl``; ``learner.consolidate(state)`` keeps them). With
+the "teach" objective a token fed on its own teaches nothing (its target is not known yet), so generated tokens
+only advance the levels' clocks; the "reconstruction" objective learns from them too. Hope-Attention then streams
+through its KV cache as well, up to ``max_seq_len`` tokens.
+
 **Transformer++** has no KV cache yet. Each step recomputes the logits over the last ``max_seq_len`` tokens, as
 nanoGPT does, which costs O(context) per token, and ``state`` stays None. To continue, call again with the whole
 sequence.
@@ -20,9 +27,14 @@ sequence.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from hope.model import HopeLM
+
+if TYPE_CHECKING:
+    from hope.ttl import TestTimeLearner
 
 __all__ = ["generate", "sample"]
 
@@ -40,10 +52,10 @@ def sample(logits_BV: torch.Tensor, temperature: float = 1.0, top_k: int | None 
     return torch.multinomial(torch.softmax(logits_BV, dim=-1), 1, generator=generator)
 
 
-def _feed(model: HopeLM, idx_BT: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
-    """Stream idx through the model in pieces of at most max_seq_len; logits of the last piece, final state."""
-    for start in range(0, idx_BT.shape[1], model.config.max_seq_len):
-        logits, state = model(idx_BT[:, start : start + model.config.max_seq_len], state)
+def _feed(forward, idx_BT: torch.Tensor, state: list | None, max_len: int) -> tuple[torch.Tensor, list]:
+    """Stream idx through forward(idx, state) in pieces of at most max_len; logits of the last piece, final state."""
+    for start in range(0, idx_BT.shape[1], max_len):
+        logits, state = forward(idx_BT[:, start : start + max_len], state)
     return logits, state
 
 
@@ -56,18 +68,29 @@ def generate(
     top_k: int | None = None,
     state: list | None = None,
     generator: torch.Generator | None = None,
+    learner: TestTimeLearner | None = None,
 ) -> tuple[torch.Tensor, list | None]:
     """Sample ``max_new_tokens`` tokens after ``idx`` [B, T >= 1].
 
     For memory families, ``state`` is what an earlier call returned, and ``idx`` holds the tokens that come after
     those the state has seen. Returns ``idx`` followed by the new tokens [B, T + max_new_tokens], and the state
     after all of them, or None for Transformer++ (see the module docstring). Logits of the padded vocabulary
-    entries are never sampled.
+    entries are never sampled. ``learner`` (a ``hope.ttl.TestTimeLearner`` of this model) makes the CMS levels
+    learn from the stream as it is read (see the module docstring).
     """
     if idx.shape[1] < 1:
         raise ValueError("generate needs at least one token in idx (e.g. BOS) to condition on.")
     vocab = model.config.vocab_size
-    if not model.carries_state:
+    if learner is not None and learner.model is not model:
+        raise ValueError("learner was built for another model; pass TestTimeLearner(model) of this model.")
+    forward = model if learner is None else learner.step
+    total = idx.shape[1] + max_new_tokens
+    if learner is not None and not model.carries_state and total > model.config.max_seq_len:
+        raise ValueError(
+            f"model.family={model.config.family!r} streams (and so learns in context) up to model.max_seq_len="
+            f"{model.config.max_seq_len} tokens, but the prompt and max_new_tokens make {total}. Shorten one of them."
+        )
+    if not model.carries_state and learner is None:
         if state is not None:
             raise ValueError(f"model.family={model.config.family!r} keeps no state; pass the whole sequence as idx.")
         context = idx
@@ -75,9 +98,9 @@ def generate(
             logits, _ = model(context[:, -model.config.max_seq_len :])
             context = torch.cat([context, sample(logits[:, -1, :vocab], temperature, top_k, generator)], dim=1)
         return context, None
-    logits, state = _feed(model, idx, state)
+    logits, state = _feed(forward, idx, state, model.config.max_seq_len)
     tokens = [idx]
     for _ in range(max_new_tokens):
         tokens.append(sample(logits[:, -1, :vocab], temperature, top_k, generator))
-        logits, state = model(tokens[-1], state)  # the last one too, so that the state has seen every token
+        logits, state = forward(tokens[-1], state)  # the last one too, so that the state has seen every token
     return torch.cat(tokens, dim=1), state

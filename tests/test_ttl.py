@@ -113,3 +113,42 @@ def test_inner_lr_zero_changes_nothing(family):
 def test_rejects_models_without_cms():
     with pytest.raises(ValueError, match="has no CMS levels"):
         TestTimeLearner(HopeLM(ModelConfig(n_layer=1, n_embd=32, n_head=2)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_with_a_learner_learns_from_the_prompt(family):
+    """generate(learner=...) == learner.step on the prompt then on each greedy token; the prompt moves the fast
+    weights, so the continuation differs from plain generation's, and with inner lr 0 it is plain generation."""
+    from hope.generate import generate
+
+    model, prompt = small_model(family), torch.randint(0, 64, (2, 21), generator=torch.Generator().manual_seed(3))
+    learner = TestTimeLearner(model, inner_lr=0.5)
+    out, state = generate(model, prompt, 6, temperature=0, learner=learner)
+
+    logits, expected_state = learner.step(prompt)
+    tokens = [prompt]
+    for _ in range(6):
+        tokens.append(logits[:, -1, :64].argmax(-1, keepdim=True))
+        logits, expected_state = learner.step(tokens[-1], expected_state)
+    assert torch.equal(out, torch.cat(tokens, dim=1))
+    for a, b in zip(state, expected_state, strict=True):
+        assert a.cms.position == b.cms.position == 27
+        for x, y in zip(a.cms.delta, b.cms.delta, strict=True):
+            assert x is not None  # both levels (periods 4 and 8) have stepped on the prompt
+            for u, w in zip(x, y, strict=True):
+                torch.testing.assert_close(u, w, rtol=0, atol=0)
+
+    plain_logits = model(out[:, :-1])[0]
+    learned_logits = learner.step(out[:, :-1])[0]
+    assert not torch.allclose(plain_logits, learned_logits)
+    frozen, _ = generate(model, prompt, 6, temperature=0, learner=TestTimeLearner(model, inner_lr=0.0))
+    plain, _ = generate(model, prompt, 6, temperature=0)
+    assert torch.equal(frozen, plain)
+
+
+def test_generate_with_a_learner_past_max_seq_len_is_a_clear_error():
+    from hope.generate import generate
+
+    model = small_model("hope-attention")
+    with pytest.raises(ValueError, match="max_seq_len=128"):
+        generate(model, torch.zeros(1, 100, dtype=torch.long), 40, learner=TestTimeLearner(model))
