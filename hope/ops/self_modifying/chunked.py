@@ -56,6 +56,12 @@ def gate_products(alpha: torch.Tensor) -> torch.Tensor:
     return P * (below | (i[:, None] == i[None, :]))
 
 
+def _twice_clip_scale(half_sq_norm: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """2 * clip_scale(4 * half_sq_norm): the per-token factor of gradients computed as halves (d = 2 e)."""
+    scale = clip_scale(4 * half_sq_norm, max_norm)
+    return torch.full_like(half_sq_norm, 2.0) if scale is None else 2 * scale
+
+
 def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None, max_grad_norm=None):
     """Read M_0(q) (if q is given) and write a chunk. k, v, q [.., C, D]; eta, alpha [.., C]; W1 [.., D, E].
 
@@ -136,16 +142,15 @@ def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "
         for X, Phi, Psi, g, er, k_sq in zip(*per_chunk, strict=True):
             z = X @ W1
             h = act(z)
-            out = X + h @ W2
-            ys.append(out[..., :C, :])  # Eq. 83 at the chunk-start weights
+            y, vhat, Mk = (X + h @ W2).split(C, dim=-2)  # split: one cat in the backward
+            ys.append(y)  # Eq. 83 at the chunk-start weights
             zk, hk = z[..., 2 * C :, :], h[..., 2 * C :, :]
-            d2 = 2 * (out[..., 2 * C :, :] - out[..., C : 2 * C, :])  # dL/dM(k) with the target vhat = M(v)
-            d1 = (d2 @ W2.mT) * act_grad(zk)
-            scale = clip_scale(k_sq * d1.pow(2).sum(-1) + hk.pow(2).sum(-1) * d2.pow(2).sum(-1), max_grad_norm)
-            if scale is not None:
-                d1, d2 = d1 * scale[..., None], d2 * scale[..., None]
-            W1 = Phi @ W1 - Psi @ d1  # Eq. 88 input side (delta rule), unrolled over the chunk
-            W2 = g * W2 - (hk * er[..., None]).mT @ d2  # Eq. 88 output side (plain retention)
+            e = Mk - vhat  # dL/dM(k) = 2 e, vhat the target
+            d1 = (e @ W2.mT) * act_grad(zk)  # half of dL/dz
+            # the factor 2 and the clip ride on per-token scalars: |grad|^2 = 4 (|k|^2 |d1|^2 + |h_k|^2 |e|^2)
+            s = _twice_clip_scale(k_sq * d1.pow(2).sum(-1) + hk.pow(2).sum(-1) * e.pow(2).sum(-1), max_grad_norm)
+            W1 = Phi @ W1 - Psi @ (d1 * s[..., None])  # Eq. 88 input side (delta rule), unrolled over the chunk
+            W2 = g * W2 - (hk * (er * s)[..., None]).mT @ e  # Eq. 88 output side (plain retention)
     if k.shape[2] > n * C:
         tail = tuple(t[:, :, n * C :] for t in (k, v, eta, alpha))
         y, W1, W2 = _write_chunk(W1, W2, *tail, activation, q[:, :, n * C :], max_grad_norm)
@@ -170,36 +175,27 @@ def _write_shared(W1, W2, k, v, eta, alpha, activation: str, max_grad_norm=None)
     """``_write_chunk`` for the N projection memories, which share k, v, eta, alpha [B, H, C(, D)].
 
     W1 [B, H, D, N E] holds the input-side weights side by side: the forward of [v; k] is one matmul, and the N
-    delta rules share A, so they are one triangular solve with N E right-hand sides (a broadcast A would be
-    expanded N times, and its gradient summed back). The output side stays per memory: W2 [B, H, N, E, D].
+    delta rules share their gates, so one :func:`chunk_maps` (a solve with C right-hand sides, not N E) gives
+    W1_C = Phi W1_0 - Psi D1 for all of them. The output side stays per memory: W2 [B, H, N, E, D]. As in
+    :func:`dgd_memory`, only e = M(k) - vhat = (k - v) + (h_k - h_v) W2 is formed (dL/dM(k) = 2 e) and the
+    factor 2 and the clip are applied to per-token scalars where possible.
     """
     act, act_grad = ACTIVATIONS[activation]
     C = k.shape[-2]
     N, E = W2.shape[2:4]
-    X = torch.cat([v, k], dim=-2)  # [B, H, 2C, D]
-    z = X @ W1  # [B, H, 2C, N E]
-    h = act(z)
-    out = X[:, :, None] + h.unflatten(-1, (N, E)).transpose(2, 3) @ W2  # [B, H, N, 2C, D]
-    zk, hk = z[..., C:, :], h[..., C:, :]
+    z = torch.cat([v, k], dim=-2) @ W1  # [B, H, 2C, N E]
+    zk = z[..., C:, :]
+    hv, hk = act(z).split(C, dim=-2)
+    per_memory = lambda t: t.unflatten(-1, (N, E)).transpose(2, 3)  # noqa: E731  [B, H, C, N E] -> [B, H, N, C, E]
+    e = (k - v)[:, :, None] + per_memory(hk - hv) @ W2  # [B, H, N, C, D]: M_m(k) - vhat_m, vhat_m = M_m(v)
+    d1 = (e @ W2.mT).transpose(2, 3) * act_grad(zk).unflatten(-1, (N, E))  # half of dL/dz: [B, H, C, N, E]
+    # per token and memory, as in _write_chunk: |grad|^2 = 4 (|k|^2 |d1_m|^2 + |h_m|^2 |e_m|^2)
+    sq = k.pow(2).sum(-1)[..., None] * d1.pow(2).sum(-1) + hk.unflatten(-1, (N, E)).pow(2).sum(-1) * e.pow(2).sum(-1).mT
+    s = _twice_clip_scale(sq, max_grad_norm)  # [B, H, C, N]
 
-    d2 = 2 * (out[..., C:, :] - out[..., :C, :])  # [B, H, N, C, D]; dL/dM_m(k) with the target vhat = M_m(v)
-    d1 = (d2 @ W2.mT).transpose(2, 3).flatten(-2) * act_grad(zk)  # [B, H, C, N E]
-    if max_grad_norm is not None:  # per token and memory, as in _write_chunk: |k|^2 |d1_m|^2 + |h_m|^2 |d2_m|^2
-        per_memory = lambda t: t.unflatten(-1, (N, E)).pow(2).sum(-1)  # noqa: E731  [B, H, C, N]
-        sq = k.pow(2).sum(-1)[..., None] * per_memory(d1) + per_memory(hk) * d2.pow(2).sum(-1).mT
-        scale = clip_scale(sq, max_grad_norm)
-        d1 = (d1.unflatten(-1, (N, E)) * scale[..., None]).flatten(-2)
-        d2 = d2 * scale.mT[..., None]
-
-    P = gate_products(alpha)
-    G, S, r, g = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
-    A = eta[..., :, None] * (k @ k.mT) * S  # [B, H, C, C], strictly lower
-    rhs = eta[..., None] * (G[..., None] * zk + d1)  # zk = k W1_0
-    dtype = torch.promote_types(rhs.dtype, torch.float32)  # no half-precision triangular solve (and no need)
-    U = torch.linalg.solve_triangular(A.to(dtype), rhs.to(dtype), upper=False, unitriangular=True)
-    W1 = g * W1 - (k * r[..., None]).mT @ U  # Eq. 88 input side, all N memories at once
-    hk = hk.unflatten(-1, (N, E)).transpose(2, 3)  # [B, H, N, C, E]
-    W2 = g[..., None] * W2 - (hk * (eta * r)[:, :, None, :, None]).mT @ d2  # Eq. 88 output side
+    Phi, Psi, g, er = chunk_maps(k, eta, alpha)  # shared by the N memories
+    W1 = Phi @ W1 - Psi @ (d1 * s[..., None]).flatten(-2)  # Eq. 88 input side, all N memories at once
+    W2 = g[..., None] * W2 - (per_memory(hk) * (er[..., None] * s).mT[..., None]).mT @ e  # Eq. 88 output side
     return W1, W2
 
 
