@@ -60,6 +60,11 @@ class SelfModifyingState(NamedTuple):
         return SelfModifyingState(*(_detach(field) for field in self))
 
 
+def _cat(parts, dim):
+    """torch.cat that returns a lone part as is (one copy fewer in the forward and the backward)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
 def _detach(x):
     if x is None or isinstance(x, torch.Tensor):
         return None if x is None else x.detach()
@@ -174,7 +179,7 @@ class SelfModifyingTitans(nn.Module):
     def _project(self, x_BHTD, state):
         """k, v, eta, alpha, q_adaptive of the new tokens; writes every complete projection chunk."""
         P = state.pending_x.shape[2]
-        xs = torch.cat([state.pending_x, x_BHTD], dim=2)
+        xs = torch.cat([state.pending_x, x_BHTD], dim=2) if P else x_BHTD  # (no copy when nothing is pending)
         n_full = xs.shape[2] // self.chunk_size * self.chunk_size
         W1, W2 = state.projections
         gates = (self.gate_w, self.gate_b, self.max_lr)
@@ -184,15 +189,17 @@ class SelfModifyingTitans(nn.Module):
                 xs[:, :, :n_full], W1, W2, *gates, self.chunk_size, self.activation, self.max_grad_norm
             )
             parts.append(outs)
-        parts.append(naive.project(W1, W2, xs[:, :, n_full:], *gates, self.activation))  # the unfinished chunk
-        outs = [None if p[0] is None else torch.cat(p, dim=2)[:, :, P:] for p in zip(*parts, strict=True)]
+        if n_full < xs.shape[2] or not parts:  # the unfinished chunk, read at the weights it started with
+            parts.append(naive.project(W1, W2, xs[:, :, n_full:], *gates, self.activation))
+        outs = [None if p[0] is None else _cat(p, dim=2)[:, :, P:] for p in zip(*parts, strict=True)]
         return outs, (W1, W2), xs[:, :, n_full:]
 
     def _retrieve(self, q, k, v, eta, alpha, state):
         """y of the new tokens; appends them to the pending ones and writes every complete memory chunk."""
         P = state.pending[0].shape[2]
         new = (q, k, v, eta, alpha)
-        q, k, v, eta, alpha = (torch.cat([a, b], dim=2) for a, b in zip(state.pending, new, strict=True))
+        if P:
+            q, k, v, eta, alpha = (torch.cat([a, b], dim=2) for a, b in zip(state.pending, new, strict=True))
         n_full = k.shape[2] // self.memory_chunk_size * self.memory_chunk_size
         W1, W2 = state.memory
         ys = []
@@ -200,9 +207,10 @@ class SelfModifyingTitans(nn.Module):
             full = (t[:, :, :n_full] for t in (q, k, v, eta, alpha))
             y, (W1, W2) = self.op.dgd_memory(*full, W1, W2, self.memory_chunk_size, self.activation, self.max_grad_norm)
             ys.append(y)
-        ys.append(naive.residual_mlp(W1, W2, q[:, :, n_full:], self.activation))
+        if n_full < k.shape[2] or not ys:  # the unfinished chunk reads the weights it started with
+            ys.append(naive.residual_mlp(W1, W2, q[:, :, n_full:], self.activation))
         pending = tuple(t[:, :, n_full:] for t in (q, k, v, eta, alpha))
-        return torch.cat(ys, dim=2)[:, :, P:], (W1, W2), pending
+        return _cat(ys, dim=2)[:, :, P:], (W1, W2), pending
 
     def _output(self, y_BHTD, x):
         if self.out_norm is not None:
