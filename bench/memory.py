@@ -56,7 +56,7 @@ def make_inputs(T: int, args, device, dtype) -> dict:
 
 
 def fwd_bwd(impl: str, x: dict, args) -> None:
-    y, (W, S) = IMPLS[impl](x, args.chunk_size)
+    y, (W, S) = IMPLS[impl](x, args.chunk_size, max_grad_norm=args.max_grad_norm)
     loss = y.square().mean() + sum(w.square().mean() for w in W)
     loss.backward()
 
@@ -149,6 +149,7 @@ def main():
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--expansion", type=int, default=4)
     p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--max-grad-norm", type=float, default=10.0, help="inner gradient clipping (the layer's default)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of the chunked op (median); naive runs once")
     p.add_argument("--naive-max-len", type=int, default=2048, help="skip the naive implementations above this T")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
