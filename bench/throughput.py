@@ -5,7 +5,12 @@
 
 One training step = forward, next-token loss, backward, AdamW step: what `hope fit` does per micro-batch, without
 data loading. MFU counts 6 * (non-embedding parameters) + 12 * n_layer * seq_len * d_attn FLOPs per token (the
-PaLM appendix B formula) against the device's dense bf16 peak (--peak_tflops). Prints a markdown table, writes JSON.
+PaLM appendix B formula) against the device's dense bf16 peak (--peak_tflops). Prints a markdown table whose last
+column is each preset's tokens/s relative to the first preset's, writes JSON (bench/results/throughput_cpu.json on
+CPU unless --out is given).
+
+On a shared or noisy machine, --rounds R times every preset R times, interleaved (A, B, C, A, B, C, ...), and
+reports the median step time, so that the ratios compare presets measured under the same conditions.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -37,7 +43,9 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB: process peak RSS
 
 
-def measure(preset: str, args, device: torch.device) -> dict:
+def prepare(preset: str, args, device: torch.device):
+    """The model of a preset and a function that times ``args.steps`` training steps (after the warmup on its
+    first call) and returns the mean seconds per step."""
     torch.manual_seed(0)
     model = HopeLM(ModelConfig.from_preset(preset, max_seq_len=max(args.seq_len, 16))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -54,16 +62,26 @@ def measure(preset: str, args, device: torch.device) -> dict:
         loss.backward()
         optimizer.step()
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
+    warm = [False]
+
+    def time_steps() -> float:
+        if not warm[0]:
+            for _ in range(args.warmup):
+                step()
+            warm[0] = True
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / args.steps
+
+    return model, time_steps
+
+
+def result(preset: str, model: HopeLM, seconds: float, args, device: torch.device) -> dict:
     tokens_per_sec = args.batch_size * args.seq_len / seconds
     achieved = tokens_per_sec * flops_per_token(model, args.seq_len)
     mfu = achieved / (args.peak_tflops * 1e12) if args.peak_tflops else None
@@ -80,6 +98,25 @@ def measure(preset: str, args, device: torch.device) -> dict:
     }
 
 
+def measure(preset: str, args, device: torch.device) -> dict:
+    """One preset, timed ``args.rounds`` times in a row (median)."""
+    model, time_steps = prepare(preset, args, device)
+    return result(preset, model, statistics.median(time_steps() for _ in range(args.rounds)), args, device)
+
+
+def measure_interleaved(presets: list[str], args, device: torch.device) -> list[dict]:
+    """Every preset timed ``args.rounds`` times, round-robin; the median per preset (CPU: all models in memory)."""
+    prepared = [prepare(preset, args, device) for preset in presets]
+    seconds = [[] for _ in presets]
+    for _ in range(args.rounds):
+        for times, (_, time_steps) in zip(seconds, prepared, strict=True):
+            times.append(time_steps())
+    return [
+        result(preset, model, statistics.median(times), args, device)
+        for preset, (model, _), times in zip(presets, prepared, seconds, strict=True)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["debug"])
@@ -90,32 +127,71 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
     parser.add_argument("--peak_tflops", type=float, default=None, help="dense peak of the device (H100 SXM bf16: 989)")
-    parser.add_argument("--out", default="bench/results/throughput.json")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time each preset this many times (median); on CPU the presets are interleaved round-robin",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default: bench/results/throughput_cpu.json on CPU, bench/results/throughput.json otherwise)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.out is None:
+        args.out = "bench/results/throughput_cpu.json" if device.type == "cpu" else "bench/results/throughput.json"
 
-    rows = []
-    for preset in args.presets:
-        try:
-            rows.append(measure(preset, args, device))
-        except torch.OutOfMemoryError:  # a row that says so beats losing the rest of the table
-            rows.append({"preset": preset, "error": "out of memory", "seq_len": args.seq_len,
-                         "batch_size": args.batch_size, "precision": args.precision})
-            torch.cuda.empty_cache()
-    print("| preset | params | seq | batch | prec | step s | tokens/s | MFU | peak GiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    if device.type == "cpu" and args.rounds > 1:
+        rows = measure_interleaved(args.presets, args, device)
+    else:
+        rows = []
+        for preset in args.presets:
+            try:
+                rows.append(measure(preset, args, device))
+            except torch.OutOfMemoryError:  # a row that says so beats losing the rest of the table
+                rows.append(
+                    {
+                        "preset": preset,
+                        "error": "out of memory",
+                        "seq_len": args.seq_len,
+                        "batch_size": args.batch_size,
+                        "precision": args.precision,
+                    }
+                )
+                torch.cuda.empty_cache()
+    base = rows[0].get("tokens_per_s")
+    for r in rows:  # throughput relative to the first preset (e.g. the Transformer++ baseline)
+        if "tokens_per_s" in r and base:
+            r["ratio_to_first"] = r["tokens_per_s"] / base
+    print(f"| preset | params | seq | batch | prec | step s | tokens/s | MFU | peak GiB | x {rows[0]['preset']} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['preset']} | - | {r['seq_len']} | {r['batch_size']} | {r['precision']} | {r['error']} |||||")
+            print(f"| {r['preset']} | - | {r['seq_len']} | {r['batch_size']} | {r['precision']} | {r['error']} ||||||")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        print(f"| {r['preset']} | {r['params_M']:.1f}M | {r['seq_len']} | {r['batch_size']} | {r['precision']} | "
-              f"{r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} | {r['peak_mem_GiB']:.2f} |")
+        ratio = f"{r['ratio_to_first']:.2f}" if "ratio_to_first" in r else "-"
+        print(
+            f"| {r['preset']} | {r['params_M']:.1f}M | {r['seq_len']} | {r['batch_size']} | {r['precision']} | "
+            f"{r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} | {r['peak_mem_GiB']:.2f} | {ratio} |"
+        )
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device_name, "torch": torch.__version__,
-                               "threads": torch.get_num_threads(), "results": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "device": device_name,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "rounds": args.rounds,
+                "results": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 
