@@ -36,7 +36,7 @@ hope_ckpt_mtime() {
 }
 
 # Print the checkpoint to resume from, or nothing. Candidates under RUN_DIR:
-#   hpc_ckpt_N.ckpt  written by Lightning's SIGUSR1 handler just before it requeues the job;
+#   hpc_ckpt_N.ckpt  written on SIGUSR1 (hope.lit.requeue.SlurmRequeue) just before it requeues the job;
 #   last*.ckpt       written by ModelCheckpoint(save_last=...) during training.
 # The newest wins: after a signal-driven requeue that is the hpc checkpoint (Lightning alone would also pick it
 # with ckpt_path=None, but `--ckpt_path last` would not: it only sees ModelCheckpoint files); after a node

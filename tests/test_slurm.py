@@ -145,17 +145,16 @@ def test_pretrain_two_tasks(slurm_env, tmp_path):
 
 
 def test_requeue_on_signal_resumes(slurm_env, tmp_path):
-    """SIGUSR1 mid-training: Lightning saves hpc_ckpt_1.ckpt and requeues; the rerun resumes from it.
+    """SIGUSR1 to both tasks mid-training: they agree on a step, save hpc_ckpt_1.ckpt, requeue; the rerun resumes.
 
-    One task: with two, Lightning's handler saves from inside the signal handler, which needs both ranks, and a rank
-    caught in a gradient all-reduce at that moment never joins; one CI run hung so (the 2-task path of the same
-    script is tested by test_pretrain_two_tasks). Saving at a step boundary all ranks agree on is the real fix.
+    Two tasks, because that is where saving from inside Lightning's own signal handler could hang (one rank in the
+    save's barrier, the other in a gradient all-reduce); ``hope.lit.requeue.SlurmRequeue`` saves at an agreed step.
     """
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     max_steps = 40
     job = submit(
         slurm_env, "slurm/pretrain.sbatch",
-        ["--nodes=1", "--ntasks-per-node=1", f"--output={log}"],
+        ["--nodes=1", "--ntasks-per-node=2", f"--output={log}"],
         {"CONFIG": "configs/pretrain/debug.yaml", "RUN_DIR": str(run_dir)},
         [*SMALL, "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "20",
          "--trainer.num_sanity_val_steps", "0"],
@@ -173,7 +172,8 @@ def test_requeue_on_signal_resumes(slurm_env, tmp_path):
     assert_completed(info, log)
     assert info["Restarts"] == "1"
     text = read_log(log)
-    assert "Handling auto-requeue signal" in text and f"Requeued SLURM job: {job}" in text
+    assert "[hope] Slurm requeue signal: saving at step" in text and f"[hope] requeued Slurm job {job}" in text
+    assert "Handling auto-requeue signal" not in text  # Lightning's in-handler save never ran
     assert "SLURM_RESTART_COUNT=1" in text  # both runs append to one log (--open-mode=append)
 
     hpc = run_dir / "hpc_ckpt_1.ckpt"

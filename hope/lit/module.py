@@ -86,8 +86,9 @@ class HopeLitModule(L.LightningModule):
 
     def configure_callbacks(self):
         from hope.data.datamodule import DataPositionCallback
+        from hope.lit.requeue import SlurmRequeue
 
-        return [DataPositionCallback()]
+        return [DataPositionCallback(), SlurmRequeue()]
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
