@@ -27,9 +27,11 @@ only) is shared by all memories of a group. All gate products come from one (C+1
 no division, so a vanishing alpha costs no precision. Only the loop over chunks (T / C steps) is sequential;
 autograd through these tensor ops (the triangular solve included) gives the outer-loop gradients.
 
-The loop is launch-bound at small widths, so what does not need the chunk-start weights leaves it. For M_memory,
-k, eta and alpha are inputs: the solve is linear in its right-hand side, so W1_C = Phi W1_0 - Psi D1 with Phi, Psi
-built from k, eta, alpha alone (``chunk_maps``), computed for all chunks in one batched call before the loop.
+At small widths the loop costs per-op overhead and memory traffic rather than FLOPs, so what does not need the
+chunk-start weights leaves it. The solve is linear in its right-hand side, so W1_C = Phi W1_0 - Psi D1 with Phi,
+Psi built from k, eta, alpha alone (``chunk_maps``). For M_memory, k, eta, alpha are inputs: the maps of all chunks
+come from one batched call before the loop. The N projection memories share k, eta, alpha (one map per chunk) and
+their input, so their W1 are kept side by side, [D, N E]: one matmul and one map for the whole group.
 """
 
 import torch
