@@ -81,9 +81,10 @@ def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None, max_grad_nor
     d2 = 2 * (Mk - vhat)  # dL/dM(k) of Eq. 88; vhat is the target (no inner derivative through it)
     d1 = (d2 @ W2.mT) * act_grad(zk)
     # per-token gradient norms from vector norms: ||k^T d1||_F = |k| |d1|, ||h^T d2||_F = |h| |d2|
-    scale = clip_scale(k.pow(2).sum(-1) * d1.pow(2).sum(-1) + hk.pow(2).sum(-1) * d2.pow(2).sum(-1), max_grad_norm)
-    if scale is not None:
-        d1, d2 = d1 * scale[..., None], d2 * scale[..., None]
+    if max_grad_norm is not None:
+        sq_norm = k.pow(2).sum(-1) * d1.pow(2).sum(-1) + hk.pow(2).sum(-1) * d2.pow(2).sum(-1)
+        scale = clip_scale(sq_norm, max_grad_norm)[..., None]
+        d1, d2 = d1 * scale, d2 * scale
 
     P = gate_products(alpha)
     G, S, r, g = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]

@@ -95,9 +95,9 @@ def _chunk_step(weights, momentum, q, k, v, coefs, residual: bool, activation: s
         if layer:
             delta = (delta @ weights[layer].mT) * act_grad(zs[layer - 1][:, :, -C:])
     # ||a_t^T delta_t||_F = |a_t| |delta_t|, so each token's gradient norm needs no [d_in, d_out] matrix
-    sq_norm = sum(a.pow(2).sum(-1) * d.pow(2).sum(-1) for a, d in zip(inputs, deltas, strict=True))  # [B, H, C]
-    scale = clip_scale(sq_norm, max_grad_norm)
-    if scale is not None:
+    if max_grad_norm is not None:
+        sq_norm = sum(a.pow(2).sum(-1) * d.pow(2).sum(-1) for a, d in zip(inputs, deltas, strict=True))  # [B, H, C]
+        scale = clip_scale(sq_norm, max_grad_norm)
         c_M, c_S = c_M * scale, c_S * scale
     # sum_t c_t a_t^T delta_t per layer, back in first-layer-first order
     layers = list(zip(inputs[::-1], deltas[::-1], strict=True))
