@@ -218,7 +218,7 @@ def test_clipped_dgd_memory_and_recurrence():
 
 
 def test_chunk_maps_batched_equal_the_per_chunk_solve():
-    """Phi W1 - Psi D1 from one batched inverse over all chunks equals each chunk's own triangular solve."""
+    """g W1 - Psi (G K W1 + D1) from one batched inverse over all chunks equals each chunk's own triangular solve."""
     n, C = 3, 5
     randn = _gen(7)
     g = torch.Generator().manual_seed(8)
@@ -226,7 +226,7 @@ def test_chunk_maps_batched_equal_the_per_chunk_solve():
     eta = MAX_LR * torch.rand(n, B, H, C, dtype=F64, generator=g)
     alpha = 0.5 + 0.5 * torch.rand(n, B, H, C, dtype=F64, generator=g)
     W1, D1 = randn(n, B, H, D, E), randn(n, B, H, C, E)
-    Phi, Psi, g_n, er = chunked.chunk_maps(k, eta, alpha)
+    Psi, G_n, g_n, er = chunked.chunk_maps(k, eta, alpha)
     for c in range(n):
         P = chunked.gate_products(alpha[c])
         G, S, r, g_c = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
@@ -235,4 +235,5 @@ def test_chunk_maps_batched_equal_the_per_chunk_solve():
             A, eta[c, ..., None] * (G[..., None] * (k[c] @ W1[c]) + D1[c]), upper=False, unitriangular=True
         )
         expected = g_c * W1[c] - (k[c] * r[..., None]).mT @ U
-        assert_rel_close([Phi[c] @ W1[c] - Psi[c] @ D1[c], g_n[c], er[c]], [expected, g_c, eta[c] * r], rel=1e-13)
+        actual = g_n[c] * W1[c] - Psi[c] @ (G_n[c] * (k[c] @ W1[c]) + D1[c])
+        assert_rel_close([actual, g_n[c], er[c]], [expected, g_c, eta[c] * r], rel=1e-13)

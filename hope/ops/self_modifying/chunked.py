@@ -28,10 +28,11 @@ no division, so a vanishing alpha costs no precision. Only the loop over chunks 
 autograd through these tensor ops (the triangular solve included) gives the outer-loop gradients.
 
 At small widths the loop costs per-op overhead and memory traffic rather than FLOPs, so what does not need the
-chunk-start weights leaves it. The solve is linear in its right-hand side, so W1_C = Phi W1_0 - Psi D1 with Phi,
-Psi built from k, eta, alpha alone (``chunk_maps``). For M_memory, k, eta, alpha are inputs: the maps of all chunks
-come from one batched call before the loop. The N projection memories share k, eta, alpha (one map per chunk) and
-their input, so their W1 are kept side by side, [D, N E]: one matmul and one map for the whole group.
+chunk-start weights leaves it. The solve is linear in its right-hand side, and K W1_0 is the z_k the chunk's forward
+computes anyway, so W1_C = g W1_0 - Psi (G * z_k + D1) with Psi [D, C] built from k, eta, alpha alone
+(``chunk_maps``): no D x D map and no D x D x E matmul. For M_memory, k, eta, alpha are inputs: the maps of all
+chunks come from one batched call before the loop. The N projection memories share k, eta, alpha (one map per
+chunk) and their input, so their W1 are kept side by side, [D, N E]: one matmul and one map for the whole group.
 """
 
 import torch
@@ -99,27 +100,26 @@ def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None, max_grad_nor
 
 
 def chunk_maps(k, eta, alpha):
-    """The weight-free part of a chunk's write: W1_C = Phi W1_0 - Psi D1 and W2_C = g W2_0 - (er * H_k)^T D2.
+    """The weight-free part of a chunk's write: W1_C = g W1_0 - Psi (G * Z_k + D1), W2_C = g W2_0 - (er * H_k)^T D2.
 
-    k [.., C, D]; eta, alpha [.., C]. Returns Phi [.., D, D], Psi [.., D, C], g [.., 1, 1] and er = eta * r [.., C].
+    k [.., C, D]; eta, alpha [.., C]. Returns Psi [.., D, C], G [.., C, 1], g [.., 1, 1] and er = eta * r [.., C].
     The solve of ``_write_chunk`` is linear in its right-hand side, so with T = (I + A)^{-1} (one unit-lower-
-    triangular solve against the identity) U = T diag(eta) (diag(G) K W1_0 + D1) and W1_C = g W1_0 - (r * K)^T U:
+    triangular solve against the identity) U = T diag(eta) (diag(G) Z_k + D1), Z_k = K W1_0, and
 
-        Psi = (r * K)^T T diag(eta),    Phi = g I - Psi diag(G) K.
+        W1_C = g W1_0 - (r * K)^T U = g W1_0 - Psi (G * Z_k + D1),    Psi = (r * K)^T T diag(eta).
 
     Only k, eta and alpha enter, so for M_memory (whose k, eta, alpha are inputs) the maps of all chunks come from
-    one batched call before the chunk loop, and the loop is left with two matmuls per weight.
+    one batched call before the chunk loop.
     """
-    C, D = k.shape[-2:]
+    C = k.shape[-2]
     P = gate_products(alpha)
-    G, S, r, g = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
+    G, S, r, g = P[..., :C, 0, None], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
     A = eta[..., :, None] * (k @ k.mT) * S  # strictly lower: S_ij = 0 for j >= i
     dtype = torch.promote_types(A.dtype, torch.float32)  # no half-precision triangular solve (and no need)
     eye_CC = torch.eye(C, dtype=dtype, device=k.device)
     T = torch.linalg.solve_triangular(A.to(dtype), eye_CC, upper=False, unitriangular=True).to(A.dtype)
     Psi = (k * r[..., None]).mT @ (T * eta[..., None, :])
-    Phi = g * torch.eye(D, dtype=Psi.dtype, device=k.device) - (Psi * G[..., None, :]) @ k
-    return Phi, Psi, g, eta * r
+    return Psi, G, g, eta * r
 
 
 def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu", max_grad_norm=None):
@@ -128,7 +128,7 @@ def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "
     Everything that does not involve the weights is hoisted out of the chunk loop and batched over all complete
     chunks: the [q; v; k] inputs of each chunk's forward, |k|^2 for the clip, and the gate maps of
     :func:`chunk_maps` (gate products and triangular solve included). Each step of the loop is then one forward
-    at the chunk-start weights, its hand-written backward and W1 <- Phi W1 - Psi D1, W2 <- g W2 - (er H_k)^T D2.
+    at the chunk-start weights, its hand-written backward and W1 <- g W1 - Psi (G Z_k + D1), W2 <- g W2 - (er H_k)^T D2.
     A last, shorter chunk goes through ``_write_chunk``.
     """
     act, act_grad = ACTIVATIONS[activation]
@@ -142,7 +142,7 @@ def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "
         X_n = torch.cat([chunks(q), chunks(v), k_n], dim=-2)  # one forward per chunk reads q, writes (k, v)
         maps = chunk_maps(k_n, eta_n, alpha_n)
         per_chunk = (t.unbind(0) for t in (X_n, *maps, k_n.pow(2).sum(-1)))  # unbind: one stack in the backward
-        for X, Phi, Psi, g, er, k_sq in zip(*per_chunk, strict=True):
+        for X, Psi, G, g, er, k_sq in zip(*per_chunk, strict=True):
             z = X @ W1
             h = act(z)
             y, vhat, Mk = (X + h @ W2).split(C, dim=-2)  # split: one cat in the backward
@@ -152,7 +152,7 @@ def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "
             d1 = (e @ W2.mT) * act_grad(zk)  # half of dL/dz
             # the factor 2 and the clip ride on per-token scalars: |grad|^2 = 4 (|k|^2 |d1|^2 + |h_k|^2 |e|^2)
             s = _twice_clip_scale(k_sq * d1.pow(2).sum(-1) + hk.pow(2).sum(-1) * e.pow(2).sum(-1), max_grad_norm)
-            W1 = Phi @ W1 - Psi @ (d1 * s[..., None])  # Eq. 88 input side (delta rule), unrolled over the chunk
+            W1 = g * W1 - Psi @ torch.addcmul(d1 * s[..., None], G, zk)  # Eq. 88 input side (delta rule), unrolled
             W2 = g * W2 - (hk * (er * s)[..., None]).mT @ e  # Eq. 88 output side (plain retention)
     if k.shape[2] > n * C:
         tail = tuple(t[:, :, n * C :] for t in (k, v, eta, alpha))
@@ -179,7 +179,7 @@ def _write_shared(W1, W2, k, v, eta, alpha, activation: str, max_grad_norm=None)
 
     W1 [B, H, D, N E] holds the input-side weights side by side: the forward of [v; k] is one matmul, and the N
     delta rules share their gates, so one :func:`chunk_maps` (a solve with C right-hand sides, not N E) gives
-    W1_C = Phi W1_0 - Psi D1 for all of them. The output side stays per memory: W2 [B, H, N, E, D]. As in
+    W1_C = g W1_0 - Psi (G Z_k + D1) for all of them. The output side stays per memory: W2 [B, H, N, E, D]. As in
     :func:`dgd_memory`, only e = M(k) - vhat = (k - v) + (h_k - h_v) W2 is formed (dL/dM(k) = 2 e) and the
     factor 2 and the clip are applied to per-token scalars where possible.
     """
@@ -196,8 +196,8 @@ def _write_shared(W1, W2, k, v, eta, alpha, activation: str, max_grad_norm=None)
     sq = k.pow(2).sum(-1)[..., None] * d1.pow(2).sum(-1) + hk.unflatten(-1, (N, E)).pow(2).sum(-1) * e.pow(2).sum(-1).mT
     s = _twice_clip_scale(sq, max_grad_norm)  # [B, H, C, N]
 
-    Phi, Psi, g, er = chunk_maps(k, eta, alpha)  # shared by the N memories
-    W1 = Phi @ W1 - Psi @ (d1 * s[..., None]).flatten(-2)  # Eq. 88 input side, all N memories at once
+    Psi, G, g, er = chunk_maps(k, eta, alpha)  # shared by the N memories
+    W1 = g * W1 - Psi @ torch.addcmul((d1 * s[..., None]).flatten(-2), G, zk)  # Eq. 88 input side, all N at once
     W2 = g[..., None] * W2 - (per_memory(hk) * (er[..., None] * s).mT[..., None]).mT @ e  # Eq. 88 output side
     return W1, W2
 
