@@ -141,6 +141,26 @@ def test_gate_products():
             assert P[1, i, j].item() == pytest.approx(expected, rel=1e-14)
 
 
+def test_gate_products_backward_equals_autograd_of_the_products():
+    """The hand-written backward against autograd through the literal products, alpha = 0 included."""
+    alpha = torch.rand(2, 3, 7, dtype=F64)
+    alpha[0, 1, 2] = 0.0
+    grad_P = torch.randn(2, 3, 8, 8, dtype=F64)
+
+    def literal(alpha):
+        a = torch.cat([torch.ones_like(alpha[..., :1]), alpha], dim=-1)
+        rows = []
+        for i in range(8):
+            rows.append([a[..., j + 1 : i + 1].prod(-1) if j <= i else torch.zeros_like(a[..., 0]) for j in range(8)])
+        return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+    (expected,) = torch.autograd.grad(literal(alpha.requires_grad_()), alpha, grad_P)
+    (actual,) = torch.autograd.grad(chunked.gate_products(alpha), alpha, grad_P)
+    torch.testing.assert_close(actual, expected, rtol=1e-13, atol=1e-14)
+    assert actual[0, 1, 2] != 0  # d/d alpha at alpha = 0 is a product of the others, not 0 / 0
+    assert torch.autograd.gradcheck(chunked.gate_products, (torch.rand(2, 5, dtype=F64, requires_grad=True),))
+
+
 def test_vanishing_and_saturated_gates_stay_exact():
     """Gate products are never divided: alpha = 0 or 1e-300, alpha = 1 and eta = 0 stay finite and exact."""
     inputs, ref = make_memory_inputs(13), make_memory_inputs(13)
