@@ -2,6 +2,10 @@
 
     python bench/throughput.py --presets debug --seq_len 256 --batch_size 8              # CPU
     python bench/throughput.py --presets transformer-170m --seq_len 2048 --batch_size 8 --device cuda --precision bf16
+    python bench/throughput.py --presets debug hope-debug hope-debug:memory_compile=true --rounds 3
+
+A preset may carry config overrides after a colon, comma-separated KEY=VALUE (YAML values): the row is labelled
+with the whole spec.
 
 One training step = forward, next-token loss, backward, AdamW step: what `hope fit` does per micro-batch, without
 data loading. MFU counts 6 * (non-embedding parameters) + 12 * n_layer * seq_len * d_attn FLOPs per token (the
@@ -11,19 +15,28 @@ CPU unless --out is given).
 
 On a shared or noisy machine, --rounds R times every preset R times, interleaved (A, B, C, A, B, C, ...), and
 reports the median step time, so that the ratios compare presets measured under the same conditions.
+
+Peak memory: on GPUs, torch's peak allocation; on CPU, measured in a fresh process per preset (so that presets timed
+in one process do not share one high-water mark): its peak resident set minus its resident set before the model is
+built, over the warmup and one step, with glibc told to unmap large freed blocks (``MALLOC_MMAP_THRESHOLD_``) so
+that RSS follows live tensors: model, optimizer state and activations.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from hope.config import ModelConfig
 from hope.lit.module import next_token_loss
@@ -37,17 +50,53 @@ def flops_per_token(model: HopeLM, seq_len: int) -> float:
     return 6 * matmul_params + attention
 
 
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB: process peak RSS
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """ "hope-debug:memory_compile=true,hope_chunk_size=32" -> ("hope-debug", {"memory_compile": True, ...})."""
+    preset, _, rest = spec.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--presets {spec!r}: override {item!r} is not KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return preset, overrides
 
 
-def prepare(preset: str, args, device: torch.device):
-    """The model of a preset and a function that times ``args.steps`` training steps (after the warmup on its
+def cuda_peak_memory_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_of(spec: str, args) -> float:
+    """In the child process: GiB of peak RSS above the RSS before building ``spec``, over warmup + one step."""
+    base = _rss_bytes()
+    _, time_steps = prepare(spec, argparse.Namespace(**{**vars(args), "steps": 1}), torch.device("cpu"))
+    time_steps()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**30  # ru_maxrss is KiB on Linux
+
+
+def cpu_peak_memory_gib(spec: str, args) -> float:
+    """``peak_of`` in a fresh process, with the same shapes, precision and threads."""
+    cmd = [sys.executable, __file__, "--peak_of", spec, "--seq_len", str(args.seq_len)]
+    cmd += ["--batch_size", str(args.batch_size), "--warmup", str(args.warmup), "--precision", args.precision]
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode:
+        raise RuntimeError(f"peak memory of {spec!r} failed:\n{out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def prepare(spec: str, args, device: torch.device):
+    """The model of a preset spec and a function that times ``args.steps`` training steps (after the warmup on its
     first call) and returns the mean seconds per step."""
     torch.manual_seed(0)
-    model = HopeLM(ModelConfig.from_preset(preset, max_seq_len=max(args.seq_len, 16))).to(device)
+    preset, overrides = parse_spec(spec)
+    config = ModelConfig.from_preset(preset, **{"max_seq_len": max(args.seq_len, 16), **overrides})
+    model = HopeLM(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     tokens = torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
@@ -94,7 +143,7 @@ def result(preset: str, model: HopeLM, seconds: float, args, device: torch.devic
         "step_s": seconds,
         "tokens_per_s": tokens_per_sec,
         "mfu": mfu,
-        "peak_mem_GiB": peak_memory_gib(device),
+        "peak_mem_GiB": cuda_peak_memory_gib(device) if device.type == "cuda" else cpu_peak_memory_gib(preset, args),
     }
 
 
@@ -138,7 +187,12 @@ def main() -> None:
         default=None,
         help="JSON path (default: bench/results/throughput_cpu.json on CPU, bench/results/throughput.json otherwise)",
     )
+    parser.add_argument("--peak_of", default=None, help=argparse.SUPPRESS)  # internal: the CPU peak-memory child
     args = parser.parse_args()
+    args.threads = torch.get_num_threads()
+    if args.peak_of:
+        print(peak_of(args.peak_of, args))
+        return
     device = torch.device(args.device)
     if args.out is None:
         args.out = "bench/results/throughput_cpu.json" if device.type == "cpu" else "bench/results/throughput.json"

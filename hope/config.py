@@ -84,9 +84,10 @@ class ModelConfig:
     Typical norms at init are 0.2-5. None disables it. With memory_ema_momentum it keeps a deep memory finite on
     runs of repeated tokens (see hope/layers/neural_memory.py)."""
     memory_compile: bool = False
-    """Titans: run the memory's per-chunk step through torch.compile. On an H100 (bf16, 2048 x 8) it raised
-    titans-mac-170m from 5.2K to 7.4K tokens/s and cut peak memory by 14%, after a ~20 s compile. Needs a working
-    torch.compile backend (a C++ compiler on CPU, Triton on GPU)."""
+    """Titans and HOPE: run the memory ops' per-chunk steps through torch.compile. On an H100 (bf16, 2048 x 8) it
+    raised titans-mac-170m from 5.2K to 7.4K tokens/s and cut peak memory by 14%, after a ~20 s compile; on CPU
+    (2 cores) it took a hope-debug self-modifying layer from 132 to 79 ms forward and backward, after ~45 s. Needs
+    a working torch.compile backend (a C++ compiler on CPU, Triton on GPU)."""
     segment_len: int = 512
     """titans-mac: tokens per segment S^(t). The memory is read before and written after each segment; a token
     attends to the persistent tokens and to the memory tokens and tokens of its segment up to itself. Must be a

@@ -117,3 +117,17 @@ def _growth_on_a_repeated_token(**kw):
 def test_gradient_clipping_keeps_a_repeated_token_finite():
     assert _growth_on_a_repeated_token() < 2
     assert not _growth_on_a_repeated_token(max_grad_norm=None) < 1e3  # nan or huge
+
+
+@pytest.mark.slow
+def test_compiled_chunk_steps_match_eager():
+    """memory_compile: both loops through torch.compile give the eager outputs, state and gradients (float32)."""
+    x = tokens(2 * CM + 3).float()
+    results = []
+    for compile in (False, True):
+        layer = make(compile=compile).float()
+        y, state = layer(x)
+        loss = y.square().sum() + sum(t.sum() for t in flat_state(state))
+        results.append((y, *flat_state(state), *torch.autograd.grad(loss, list(layer.parameters()))))
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

@@ -114,6 +114,7 @@ class HopeBlock(_HopeBlockBase):
             adaptive_q=config.hope_adaptive_q,
             max_lr=config.memory_max_lr,
             max_grad_norm=config.memory_max_grad_norm,
+            compile=config.memory_compile,
         )
         self.cms = build_cms(config)
 

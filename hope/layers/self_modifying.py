@@ -30,6 +30,7 @@ eta, alpha) of the unfinished memory chunk; until a chunk is complete its tokens
 with. So one call equals any split of it into calls (token-by-token generation included).
 """
 
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -89,6 +90,7 @@ class SelfModifyingTitans(nn.Module):
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
         impl: "chunked" (chunk-parallel op) or "naive" (literal chunk loops, for tests).
+        compile: run each chunk step of the chunked op through torch.compile (see hope.ops.self_modifying.chunked).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class SelfModifyingTitans(nn.Module):
         output_norm: bool = True,
         output_gate: bool = True,
         impl: str = "chunked",
+        compile: bool = False,
     ):
         super().__init__()
         if d_model % n_head or impl not in ("chunked", "naive"):
@@ -119,7 +122,11 @@ class SelfModifyingTitans(nn.Module):
         self.adaptive_q, self.activation = adaptive_q, activation
         self.max_lr = 1 / (2 * max(chunk_size, memory_chunk_size)) if max_lr is None else max_lr
         self.max_grad_norm = max_grad_norm
-        self.op = chunked if impl == "chunked" else naive
+        if impl == "chunked":
+            self._write_projections = partial(chunked.self_modifying_projections, compile=compile)
+            self._write_memory = partial(chunked.dgd_memory, compile=compile)
+        else:
+            self._write_projections, self._write_memory = naive.self_modifying_projections, naive.dgd_memory
 
         self.conv = nn.Conv1d(d_model, d_model, conv_kernel, groups=d_model, bias=False) if use_conv else None
         self.q_proj = None if adaptive_q else nn.Linear(d_model, d_model, bias=False)
@@ -185,7 +192,7 @@ class SelfModifyingTitans(nn.Module):
         gates = (self.gate_w, self.gate_b, self.max_lr)
         parts = []
         if n_full:
-            outs, (W1, W2) = self.op.self_modifying_projections(
+            outs, (W1, W2) = self._write_projections(
                 xs[:, :, :n_full], W1, W2, *gates, self.chunk_size, self.activation, self.max_grad_norm
             )
             parts.append(outs)
@@ -205,7 +212,7 @@ class SelfModifyingTitans(nn.Module):
         ys = []
         if n_full:
             full = (t[:, :, :n_full] for t in (q, k, v, eta, alpha))
-            y, (W1, W2) = self.op.dgd_memory(*full, W1, W2, self.memory_chunk_size, self.activation, self.max_grad_norm)
+            y, (W1, W2) = self._write_memory(*full, W1, W2, self.memory_chunk_size, self.activation, self.max_grad_norm)
             ys.append(y)
         if n_full < k.shape[2] or not ys:  # the unfinished chunk reads the weights it started with
             ys.append(naive.residual_mlp(W1, W2, q[:, :, n_full:], self.activation))
