@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,17 +65,19 @@ def cuda_peak_memory_gib(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB: VmRSS (now) or VmHWM (this process image's peak, reset by exec; unlike
+    ru_maxrss, which a child inherits from the parent that forked it)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def peak_of(spec: str, args) -> float:
     """In the child process: GiB of peak RSS above the RSS before building ``spec``, over warmup + one step."""
-    base = _rss_bytes()
+    base = _status_kib("VmRSS")
     _, time_steps = prepare(spec, argparse.Namespace(**{**vars(args), "steps": 1}), torch.device("cpu"))
     time_steps()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**30  # ru_maxrss is KiB on Linux
+    return (_status_kib("VmHWM") - base) / 2**20
 
 
 def cpu_peak_memory_gib(spec: str, args) -> float:
