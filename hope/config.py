@@ -86,7 +86,7 @@ class ModelConfig:
     memory_compile: bool = False
     """Titans and HOPE: run the memory ops' per-chunk steps through torch.compile. On an H100 (bf16, 2048 x 8) it
     raised titans-mac-170m from 5.2K to 7.4K tokens/s and cut peak memory by 14%, after a ~20 s compile; on CPU
-    (2 cores) it took a hope-debug self-modifying layer from 132 to 79 ms forward and backward, after ~45 s. Needs
+    (2 cores) it took a hope-debug self-modifying layer from 132 to 74-79 ms forward and backward, after ~45 s. Needs
     a working torch.compile backend (a C++ compiler on CPU, Triton on GPU)."""
     segment_len: int = 512
     """titans-mac: tokens per segment S^(t). The memory is read before and written after each segment; a token

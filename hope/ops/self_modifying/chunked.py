@@ -35,11 +35,10 @@ chunks come from one batched call before the loop. The N projection memories sha
 chunk) and their input, so their W1 are kept side by side, [D, N E]: one matmul and one map for the whole group.
 """
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
+from hope.ops.compile import compiled
 from hope.ops.self_modifying.naive import ALPHA, ETA, K, Memory, Q, V
 from hope.ops.titans.naive import ACTIVATIONS, clip_scale
 
@@ -153,7 +152,7 @@ def chunk_maps(k, eta, alpha):
 def _memory_step(W1, W2, X, Psi, G, g, er, k_sq, activation: str, max_grad_norm):
     """One complete chunk of M_memory: X = [q; v; k] [B, H, 3C, D], the chunk's maps (:func:`chunk_maps`) and |k|^2.
 
-    One forward at the chunk-start weights, its hand-written backward and W1 <- g W1 - Psi (G Z_k + D1),
+    One forward at the chunk-start weights, the inner gradients by hand (no autograd) and W1 <- g W1 - Psi (G Z_k + D1),
     W2 <- g W2 - (er H_k)^T D2. Returns y = M_0(q) and the chunk-end (W1, W2).
     """
     act, act_grad = ACTIVATIONS[activation]
@@ -183,7 +182,7 @@ def dgd_memory(
     """
     C = chunk_size
     n = k.shape[2] // C
-    step = _compiled(_memory_step) if compile else _memory_step
+    step = compiled(_memory_step) if compile else _memory_step
     ys = []
     if n:
         # [B, H, n C, ..] -> [n, B, H, C, ..]: chunk-major, so that every chunk's slice is contiguous
@@ -272,23 +271,13 @@ def self_modifying_projections(
     """
     B, H, N, D, E = W1.shape
     W1 = W1.transpose(2, 3).reshape(B, H, D, N * E)
-    step = _compiled(_projection_step) if compile else _projection_step
+    step = compiled(_projection_step) if compile else _projection_step
     outs = []
     for s in range(0, x.shape[2], chunk_size):
         out, W1, W2 = step(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation, max_grad_norm)
         outs.append(out)
     cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
     return tuple(cat), (W1.unflatten(-1, (N, E)).transpose(2, 3), W2)
-
-
-@functools.cache
-def _compiled(step):
-    """``step`` through torch.compile, built on first use (static shapes: a shorter last chunk compiles once more).
-
-    The chunk loops are bound by per-op overhead at small widths: on CPU (2 cores, hope-debug's layer, B 8, T 256)
-    it took one layer's forward and backward from 132 to 79 ms, after a ~45 s compile.
-    """
-    return torch.compile(step, dynamic=False, fullgraph=True)
 
 
 def self_modifying_titans(

@@ -24,11 +24,10 @@ Only the Python loop over chunks (T / C steps) is sequential. Autograd through t
 outer-loop (second-order) gradients; nothing here calls autograd itself.
 """
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
+from hope.ops.compile import compiled
 from hope.ops.scan import linear_scan
 from hope.ops.titans.naive import ACTIVATIONS, clip_scale
 
@@ -109,14 +108,6 @@ def _chunk_step(weights, momentum, q, k, v, coefs, residual: bool, activation: s
     return y, new_weights, new_momentum
 
 
-@functools.cache
-def _compiled_chunk_step():
-    """``_chunk_step`` through torch.compile, built on first use. The chunk loop is launch-bound on GPUs (each step
-    is ~40 small kernels forward and backward); fusing the elementwise work of a step gave 1.4x on titans-mac-170m
-    (H100, bf16, 2048 x 8). Shapes are static: the last, shorter chunk of a sequence compiles once more."""
-    return torch.compile(_chunk_step, dynamic=False, fullgraph=True)
-
-
 def titans_memory(
     q: torch.Tensor | None,
     k: torch.Tensor,
@@ -140,7 +131,7 @@ def titans_memory(
     weights, momentum: tuples of [B, H, d_in, d_out]. Returns y: [B, H, T, D] and the final (weights, momentum).
     """
     coefs = _per_chunk_coefficients(theta, eta, alpha, chunk_size)
-    step = _compiled_chunk_step() if compile else _chunk_step
+    step = compiled(_chunk_step) if compile else _chunk_step
     ys = []
     for n, cf in enumerate(coefs):
         chunk = slice(n * chunk_size, (n + 1) * chunk_size)
