@@ -39,8 +39,12 @@ if TYPE_CHECKING:
 __all__ = ["generate", "sample"]
 
 
-def sample(logits_BV: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(
+    logits_BV: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Next tokens [B, 1] from last-position logits [B, V]: greedy when temperature is 0, else softmax sampling
     at that temperature over the top_k most likely tokens (all tokens if None)."""
     if temperature == 0:

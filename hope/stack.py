@@ -34,8 +34,21 @@ from hope.model import HopeLM
 __all__ = ["stack", "stacked_overrides", "main"]
 
 # fields copied from the Transformer: everything its weights' shapes and its function depend on
-ARCH_FIELDS = ("vocab_size", "padding_multiple", "n_layer", "n_head", "n_embd", "head_dim", "max_seq_len",
-               "rope_base", "norm_eps", "sliding_window", "attn_backend", "init_std", "tie_embeddings")
+ARCH_FIELDS = (
+    "vocab_size",
+    "padding_multiple",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "head_dim",
+    "max_seq_len",
+    "rope_base",
+    "norm_eps",
+    "sliding_window",
+    "attn_backend",
+    "init_std",
+    "tie_embeddings",
+)
 
 
 def stacked_overrides(source: ModelConfig, preset: str, mlp_level: int) -> dict:
@@ -77,8 +90,9 @@ def stack(transformer: HopeLM, preset: str, mlp_level: int = 0) -> HopeLM:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hope stack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hope stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, help="Transformer++ checkpoint (.ckpt or .safetensors)")
     parser.add_argument("--preset", default="hope-attention-debug", help="hope-attention preset for the CMS")
     parser.add_argument("--out", required=True, help="a .ckpt file, or a directory (model.ckpt inside)")
@@ -96,5 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     atomic_write_bytes(path.with_name("model_config.yaml"), yaml.safe_dump(model.config.to_dict()).encode())
     atomic_write_bytes(path.with_name("overrides.json"), json.dumps(overrides).encode())
     print(f"[hope] stacked {model.num_parameters() / 1e6:.2f}M-parameter {args.preset} -> {path}")
-    print(f"[hope] train it with: --model.preset {args.preset} --model.overrides '{json.dumps(overrides)}' "
-          f"--model.init_from {path}")
+    print(
+        f"[hope] train it with: --model.preset {args.preset} --model.overrides '{json.dumps(overrides)}' "
+        f"--model.init_from {path}"
+    )

@@ -50,8 +50,9 @@ class TestTimeLearner:
         self.model = model
         self.cms: list[ContinuumMemory] = [getattr(block, "cms", None) for block in model.blocks]
         if any(cms is None for cms in self.cms):
-            raise ValueError(f"model.family={model.config.family!r} has no CMS levels; use a hope or hope-attention "
-                             "model.")
+            raise ValueError(
+                f"model.family={model.config.family!r} has no CMS levels; use a hope or hope-attention model."
+            )
         for cms in self.cms:
             if inner_lr is not None:
                 cms.inner_lr = [inner_lr] * len(cms.levels) if isinstance(inner_lr, int | float) else list(inner_lr)
@@ -110,5 +111,7 @@ class TestTimeLearner:
     def consolidate(self, state: list) -> list:
         """Write the fast weights into the model (mean over the batch; exact for one stream), so that a deployed
         model keeps what it learned; returns the state with no pending change (position and partial sums kept)."""
-        return [HopeState(s.mixer, None if s.cms is None else cms.consolidate(s.cms))
-                for cms, s in zip(self.cms, state, strict=True)]
+        return [
+            HopeState(s.mixer, None if s.cms is None else cms.consolidate(s.cms))
+            for cms, s in zip(self.cms, state, strict=True)
+        ]

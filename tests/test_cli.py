@@ -15,19 +15,33 @@ DEBUG_YAML = str(Path(__file__).parents[1] / "configs" / "pretrain" / "debug.yam
 
 def fit_args(root: Path, corpus: Path, *extra: str, steps: int = 6) -> list[str]:
     return [
-        "fit", "--config", DEBUG_YAML,
-        "--trainer.default_root_dir", str(root),
-        "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", "3",
-        "--trainer.log_every_n_steps", "1",
-        "--checkpoint.every_n_train_steps", "3",
-        "--model.overrides", '{"n_layer": 2, "n_embd": 64, "n_head": 2, "intermediate_size": 128}',
-        "--model.optim.warmup_steps", "2",
-        "--data.source", str(corpus),
-        "--data.val_fraction", "0.2",
-        "--data.seq_len", "32",
-        "--data.batch_size", "4",
-        "--data.max_val_blocks", "4",
+        "fit",
+        "--config",
+        DEBUG_YAML,
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        "3",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--checkpoint.every_n_train_steps",
+        "3",
+        "--model.overrides",
+        '{"n_layer": 2, "n_embd": 64, "n_head": 2, "intermediate_size": 128}',
+        "--model.optim.warmup_steps",
+        "2",
+        "--data.source",
+        str(corpus),
+        "--data.val_fraction",
+        "0.2",
+        "--data.seq_len",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.max_val_blocks",
+        "4",
         *extra,
     ]
 
@@ -77,8 +91,15 @@ def test_tensorboard_scalars(tmp_path, text_corpus):
     main(fit_args(root, text_corpus))
     events = EventAccumulator(str(next((root / "lightning_logs").glob("version_0")))).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_sec",
-            "val/loss", "val/ppl"} <= tags
+    assert {
+        "train/loss",
+        "train/ppl",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_sec",
+        "val/loss",
+        "val/ppl",
+    } <= tags
 
 
 def test_resume_is_exact(tmp_path, text_corpus):

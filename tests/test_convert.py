@@ -32,8 +32,7 @@ def test_converted_weights_as_init_from(tmp_path, text_corpus):
     main(fit_args(root, text_corpus, steps=2))
     main(["convert", str(root / "checkpoints" / "last.ckpt"), str(tmp_path / "export")])
     new_root = tmp_path / "finetune"
-    main(fit_args(new_root, text_corpus, "--model.init_from", str(tmp_path / "export" / "model.safetensors"),
-                  steps=1))
+    main(fit_args(new_root, text_corpus, "--model.init_from", str(tmp_path / "export" / "model.safetensors"), steps=1))
     assert load_checkpoint_file(new_root / "checkpoints" / "last.ckpt")["global_step"] == 1
 
 

@@ -25,13 +25,20 @@ from hope.lit.deepspeed import HopeDeepSpeedStrategy, _resolve_config_path  # no
 REPO = Path(__file__).resolve().parents[1]
 # The debug model at a size where a step takes a fraction of a second on 2 shared cores.
 SMALL = [
-    "--config", "configs/pretrain/debug.yaml",
-    "--data.batch_size", "4",
-    "--data.seq_len", "64",
-    "--data.max_val_blocks", "2",
-    "--trainer.val_check_interval", "4",
-    "--trainer.log_every_n_steps", "1",
-    "--trainer.num_sanity_val_steps", "0",
+    "--config",
+    "configs/pretrain/debug.yaml",
+    "--data.batch_size",
+    "4",
+    "--data.seq_len",
+    "64",
+    "--data.max_val_blocks",
+    "2",
+    "--trainer.val_check_interval",
+    "4",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--trainer.num_sanity_val_steps",
+    "0",
 ]
 
 
@@ -80,8 +87,9 @@ def test_zero2_two_processes_resume_is_exact(ds_env, tmp_path):
     assert ds_global_step(ckpt) == 4
     assert (ckpt.parent / "config.yaml").is_file()
 
-    resumed = hope_fit(ds_env, *ds, "--trainer.max_steps", "8", "--trainer.default_root_dir", str(split),
-                       "--ckpt_path", "last")
+    resumed = hope_fit(
+        ds_env, *ds, "--trainer.max_steps", "8", "--trainer.default_root_dir", str(split), "--ckpt_path", "last"
+    )
     assert f"Restored all states from the checkpoint at {ckpt}" in resumed
     assert ds_global_step(ckpt) == 8
     expected = scalars(straight / "lightning_logs" / "version_0", "train/loss")
@@ -106,8 +114,16 @@ def test_zero2_two_processes_resume_is_exact(ds_env, tmp_path):
 
 
 def test_zero3_single_process_resume(ds_env, tmp_path):
-    zero3 = ["--config", "configs/trainer/deepspeed-zero3.yaml", "--trainer.accelerator", "cpu",
-             "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path)]
+    zero3 = [
+        "--config",
+        "configs/trainer/deepspeed-zero3.yaml",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     hope_fit(ds_env, *zero3, "--trainer.max_steps", "3")
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     # Stage 3 also shards the parameters: the model states are per rank too.
@@ -119,8 +135,19 @@ def test_zero3_single_process_resume(ds_env, tmp_path):
 @pytest.mark.slow
 def test_zero2_offload_uses_cpu_adam(ds_env, tmp_path):
     """Optimizer offload: AdamW is swapped for DeepSpeedCPUAdam (compiles cpu_adam on first use, ~80 s)."""
-    out = hope_fit(ds_env, "--config", "configs/trainer/deepspeed-zero2-offload.yaml", "--trainer.accelerator", "cpu",
-                   "--trainer.devices", "1", "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path))
+    out = hope_fit(
+        ds_env,
+        "--config",
+        "configs/trainer/deepspeed-zero2-offload.yaml",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.max_steps",
+        "3",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    )
     assert "ZeRO-Offload with a client provided optimizer" not in out
     assert ds_global_step(tmp_path / "checkpoints" / "last.ckpt") == 3
 
@@ -131,8 +158,11 @@ def test_zero2_offload_uses_cpu_adam(ds_env, tmp_path):
     from hope.lit.deepspeed import _to_cpu_adam
 
     decay, no_decay = torch.nn.Parameter(torch.ones(4, 4)), torch.nn.Parameter(torch.ones(4))
-    adamw = torch.optim.AdamW([{"params": [decay], "weight_decay": 0.1}, {"params": [no_decay], "weight_decay": 0.0}],
-                              lr=1e-3, betas=(0.9, 0.95))
+    adamw = torch.optim.AdamW(
+        [{"params": [decay], "weight_decay": 0.1}, {"params": [no_decay], "weight_decay": 0.0}],
+        lr=1e-3,
+        betas=(0.9, 0.95),
+    )
     config = LRSchedulerConfig(torch.optim.lr_scheduler.LambdaLR(adamw, lambda step: (step + 1) / 10))
     new = _to_cpu_adam(adamw, config)
     assert isinstance(new, DeepSpeedCPUAdam) and config.scheduler.optimizer is new

@@ -21,8 +21,16 @@ from tests.test_cli import fit_args
 from tests.test_finetune_cli import MEMORY, ft_args
 
 RUNS = {
-    "lora": ["--method", "hope.finetune.methods.LoRA", "--method.rank", "2", "--model.save_weights", "trainable",
-             "--model.optim.lr", "1.0e-2"],
+    "lora": [
+        "--method",
+        "hope.finetune.methods.LoRA",
+        "--method.rank",
+        "2",
+        "--model.save_weights",
+        "trainable",
+        "--model.optim.lr",
+        "1.0e-2",
+    ],
     "memory": ["--model.memory_layers", MEMORY],  # memory-layer.yaml's step: full finetuning with a memory layer
 }
 
@@ -78,8 +86,24 @@ def test_loader_gives_the_finetuned_models_logits(name, finetuned, pretrained):
 def test_perplexity_command_on_a_lora_checkpoint(finetuned, corpus, tmp_path):
     ckpt, original = finetuned["lora"]
     out = tmp_path / "ppl.json"
-    main(["eval", "perplexity", "--checkpoint", str(ckpt), "--source", str(corpus), "--max_documents", "3",
-          "--device", "cpu", "--out", str(out), "--progress", "false"])
+    main(
+        [
+            "eval",
+            "perplexity",
+            "--checkpoint",
+            str(ckpt),
+            "--source",
+            str(corpus),
+            "--max_documents",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--progress",
+            "false",
+        ]
+    )
     report = json.loads(out.read_text())
     texts = [text for _, text in load_documents(str(corpus), "all", max_documents=3)]
     want = evaluate_perplexity(original, Tokenizer.default(), texts, progress=False)
@@ -91,12 +115,42 @@ def test_retention_command_on_a_memory_layer_checkpoint(finetuned, corpus, tmp_p
     """Sparse Memory Finetuning in the harness needs the memory layer the checkpoint carries."""
     ckpt, original = finetuned["memory"]
     out = tmp_path / "facts"
-    main(["eval", "retention", "--checkpoint", str(ckpt), "--suite.n_tasks", "1", "--suite.people_per_task", "1",
-          "--method", "hope.finetune.methods.SparseMemoryFinetune", "--method.top_t", "4",
-          "--method.background_source", str(corpus), "--method.background_batches", "2",
-          "--method.background_batch_size", "2", "--method.loop.lr", "1.0", "--method.loop.epochs", "1",
-          "--method.loop.seq_len", "32", "--general_tokens", "0", "--device", "cpu", "--out_dir", str(out),
-          "--progress", "false"])
+    main(
+        [
+            "eval",
+            "retention",
+            "--checkpoint",
+            str(ckpt),
+            "--suite.n_tasks",
+            "1",
+            "--suite.people_per_task",
+            "1",
+            "--method",
+            "hope.finetune.methods.SparseMemoryFinetune",
+            "--method.top_t",
+            "4",
+            "--method.background_source",
+            str(corpus),
+            "--method.background_batches",
+            "2",
+            "--method.background_batch_size",
+            "2",
+            "--method.loop.lr",
+            "1.0",
+            "--method.loop.epochs",
+            "1",
+            "--method.loop.seq_len",
+            "32",
+            "--general_tokens",
+            "0",
+            "--device",
+            "cpu",
+            "--out_dir",
+            str(out),
+            "--progress",
+            "false",
+        ]
+    )
     report = json.loads((out / "retention.json").read_text())
     tasks = SyntheticFacts(n_tasks=1, people_per_task=1).tasks()
     assert report["initial"] == [t.test.evaluate(original, Tokenizer.default(), EvalContext()) for t in tasks]

@@ -60,8 +60,9 @@ def test_methods_match_hope_scorers(checkpoint):
         assert (ll, greedy) == pytest.approx(continuation_logprobs(lm.model, ctx, [cont])[0])
     assert scores[2][0] < 0  # an empty context is conditioned on BOS
 
-    out = lm.generate_until(requests("generate_until", [("x =", {"until": ["\n"], "max_gen_toks": 5})]),
-                            disable_tqdm=True)
+    out = lm.generate_until(
+        requests("generate_until", [("x =", {"until": ["\n"], "max_gen_toks": 5})]), disable_tqdm=True
+    )
     assert len(out) == 1 and "\n" not in out[0] and len(tok.encode(out[0], bos=False)) <= 5
 
 
@@ -71,23 +72,41 @@ def test_simple_evaluate_with_local_tasks(checkpoint, tmp_path):
     from lm_eval.tasks import TaskManager
 
     data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps({"text": d, "q": d[:8], "choices": [d[8:12], "zzz"], "label": 0}) + "\n"
-                            for d in DOCS))
+    data.write_text(
+        "".join(json.dumps({"text": d, "q": d[:8], "choices": [d[8:12], "zzz"], "label": 0}) + "\n" for d in DOCS)
+    )
     common = {"dataset_path": "json", "dataset_kwargs": {"data_files": str(data)}, "test_split": "train"}
     tasks = {
-        "hope_ppl": {"output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
-                     "metric_list": [{"metric": "word_perplexity"}, {"metric": "bits_per_byte"}]},
-        "hope_mc": {"output_type": "multiple_choice", "doc_to_text": "{{q}}", "doc_to_choice": "{{choices}}",
-                    "doc_to_target": "{{label}}", "metric_list": [{"metric": "acc"}]},
-        "hope_gen": {"output_type": "generate_until", "doc_to_text": "{{q}}", "doc_to_target": "{{choices[0]}}",
-                     "generation_kwargs": {"until": ["\n"], "max_gen_toks": 4},
-                     "metric_list": [{"metric": "exact_match"}]},
+        "hope_ppl": {
+            "output_type": "loglikelihood_rolling",
+            "doc_to_text": "",
+            "doc_to_target": "{{text}}",
+            "metric_list": [{"metric": "word_perplexity"}, {"metric": "bits_per_byte"}],
+        },
+        "hope_mc": {
+            "output_type": "multiple_choice",
+            "doc_to_text": "{{q}}",
+            "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{label}}",
+            "metric_list": [{"metric": "acc"}],
+        },
+        "hope_gen": {
+            "output_type": "generate_until",
+            "doc_to_text": "{{q}}",
+            "doc_to_target": "{{choices[0]}}",
+            "generation_kwargs": {"until": ["\n"], "max_gen_toks": 4},
+            "metric_list": [{"metric": "exact_match"}],
+        },
     }
     for name, spec in tasks.items():
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"task": name, **common, **spec}))
-    results = lm_eval.simple_evaluate(model="hope", model_args=f"checkpoint={checkpoint},device=cpu",
-                                      tasks=list(tasks), task_manager=TaskManager(include_path=str(tmp_path)),
-                                      log_samples=False)["results"]
+    results = lm_eval.simple_evaluate(
+        model="hope",
+        model_args=f"checkpoint={checkpoint},device=cpu",
+        tasks=list(tasks),
+        task_manager=TaskManager(include_path=str(tmp_path)),
+        log_samples=False,
+    )["results"]
     lm = HopeEvalLM(checkpoint=str(checkpoint), device="cpu")
     ours = evaluate_perplexity(lm.model, lm.hope_tokenizer, DOCS, "rolling", window=16, progress=False)
     assert results["hope_ppl"]["bits_per_byte,none"] == pytest.approx(ours["bits_per_byte"], rel=1e-6)

@@ -7,9 +7,7 @@ import pytest
 from hope.evaluation import metrics as M
 
 # R[i][j]: task j after learning task i. Task 0 peaks after task 1 (0.85 > 0.8): forgetting uses the peak, BWT not.
-R = [[0.80, 0.10, 0.20],
-     [0.85, 0.90, 0.30],
-     [0.50, 0.70, 0.95]]
+R = [[0.80, 0.10, 0.20], [0.85, 0.90, 0.30], [0.50, 0.70, 0.95]]
 B = [0.10, 0.20, 0.25]
 
 
@@ -46,8 +44,7 @@ def test_gem_code_averages_over_all_tasks():
 
 
 def test_lower_is_better_is_negated():
-    ppl = [[10.0, 50.0],
-           [20.0, 12.0]]
+    ppl = [[10.0, 50.0], [20.0, 12.0]]
     assert M.average_accuracy(ppl) == pytest.approx(16.0)  # reported in perplexity itself
     assert M.backward_transfer(ppl, higher_is_better=False) == pytest.approx(-10.0)  # 10 -> 20: worse by 10
     assert M.forgetting(ppl, higher_is_better=False) == pytest.approx(10.0)
@@ -73,5 +70,10 @@ def test_relative_drop_smf_convention():
 
 def test_summary_keys():
     summary = M.continual_summary(R, B)
-    assert set(summary) == {"average_accuracy", "learning_accuracy", "backward_transfer", "forward_transfer",
-                            "forgetting"}
+    assert set(summary) == {
+        "average_accuracy",
+        "learning_accuracy",
+        "backward_transfer",
+        "forward_transfer",
+        "forgetting",
+    }

@@ -19,14 +19,16 @@ from hope.model import HopeLM
 from hope.tokenizer import Tokenizer
 
 DEBUG_YAML = Path(__file__).parents[1] / "configs" / "pretrain" / "debug.yaml"
-TEXTS = ["def add(a, b):\n    return a + b\n" * 3, "import os\nprint(os.getcwd())\n",
-         "x = [i * i for i in range(10)]\n" * 5]
+TEXTS = [
+    "def add(a, b):\n    return a + b\n" * 3,
+    "import os\nprint(os.getcwd())\n",
+    "x = [i * i for i in range(10)]\n" * 5,
+]
 
 
 def tiny_model(max_seq_len: int = 32, seed: int = 0) -> HopeLM:
     torch.manual_seed(seed)
-    config = ModelConfig(n_layer=1, n_head=2, n_embd=32, intermediate_size=64, max_seq_len=max_seq_len,
-                         vocab_size=8192)
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=32, intermediate_size=64, max_seq_len=max_seq_len, vocab_size=8192)
     return HopeLM(config).eval()
 
 
@@ -173,8 +175,9 @@ def test_carry_reads_every_token_once_in_order(make_windows):
     # Brute force: window w starts from the memory of everything before it.
     for w in windows:
         for t in range(w.end - w.n_new, w.end):
-            expected = logprob_of_next(model, seq[w.begin : t + 1], seq[t + 1],
-                                       [torch.tensor([seq[: w.begin]])] if w.begin else None)
+            expected = logprob_of_next(
+                model, seq[w.begin : t + 1], seq[t + 1], [torch.tensor([seq[: w.begin]])] if w.begin else None
+            )
             assert scored.logprobs[t].item() == pytest.approx(expected, abs=1e-5)
     reset = score_windows(model, seq, windows, carry=False)
     assert reset.state is None and not torch.allclose(reset.logprobs, scored.logprobs)
@@ -182,24 +185,53 @@ def test_carry_reads_every_token_once_in_order(make_windows):
 
 def test_state_modes_for_documents():
     tok, model = Tokenizer.default(), MemoryToy(tiny_model(max_seq_len=16))
-    runs = {s: evaluate_perplexity(model, tok, TEXTS, "rolling", 16, state=s, progress=False)["loglikelihood"]
-            for s in ("reset", "document", "carry")}
+    runs = {
+        s: evaluate_perplexity(model, tok, TEXTS, "rolling", 16, state=s, progress=False)["loglikelihood"]
+        for s in ("reset", "document", "carry")
+    }
     assert len({round(v, 6) for v in runs.values()}) == 3  # memory within and across documents changes scores
     with pytest.raises(ValueError, match="rolling"):
         evaluate_perplexity(model, tok, TEXTS, "strided", 16, state="document", progress=False)
     plain = tiny_model(max_seq_len=16)  # Transformer++: no state, the modes agree
-    values = [evaluate_perplexity(plain, tok, TEXTS, "rolling", 16, state=s, progress=False)["loglikelihood"]
-              for s in ("reset", "document", "carry")]
+    values = [
+        evaluate_perplexity(plain, tok, TEXTS, "rolling", 16, state=s, progress=False)["loglikelihood"]
+        for s in ("reset", "document", "carry")
+    ]
     assert values == pytest.approx([values[0]] * 3)
 
 
 # -- the command -------------------------------------------------------------------------------------------------
 def fit_checkpoint(root, corpus, *extra):
-    main(["fit", "--config", str(DEBUG_YAML), "--trainer.default_root_dir", str(root), "--trainer.max_steps", "4",
-          "--trainer.val_check_interval", "4", "--trainer.num_sanity_val_steps", "0", "--trainer.accelerator", "cpu",
-          "--model.overrides", '{"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64, "max_seq_len": 64}',
-          "--data.source", str(corpus), "--data.val_fraction", "0.2", "--data.seq_len", "32",
-          "--data.batch_size", "4", "--data.max_val_blocks", "2", *extra])
+    main(
+        [
+            "fit",
+            "--config",
+            str(DEBUG_YAML),
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.max_steps",
+            "4",
+            "--trainer.val_check_interval",
+            "4",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--model.overrides",
+            '{"n_layer": 1, "n_embd": 32, "n_head": 2, "intermediate_size": 64, "max_seq_len": 64}',
+            "--data.source",
+            str(corpus),
+            "--data.val_fraction",
+            "0.2",
+            "--data.seq_len",
+            "32",
+            "--data.batch_size",
+            "4",
+            "--data.max_val_blocks",
+            "2",
+            *extra,
+        ]
+    )
     return root / "checkpoints" / "last.ckpt"
 
 
@@ -216,9 +248,30 @@ def checkpoint(tmp_path_factory):
 def test_command_writes_json_and_plot(checkpoint, tmp_path, capsys):
     ckpt, corpus = checkpoint
     out = tmp_path / "ppl.json"
-    main(["eval", "perplexity", "--checkpoint", str(ckpt), "--source", str(corpus), "--max_documents", "5",
-          "--protocol", "strided", "--window", "32", "--stride", "16", "--bucket_size", "8", "--out", str(out),
-          "--progress", "false"])
+    main(
+        [
+            "eval",
+            "perplexity",
+            "--checkpoint",
+            str(ckpt),
+            "--source",
+            str(corpus),
+            "--max_documents",
+            "5",
+            "--protocol",
+            "strided",
+            "--window",
+            "32",
+            "--stride",
+            "16",
+            "--bucket_size",
+            "8",
+            "--out",
+            str(out),
+            "--progress",
+            "false",
+        ]
+    )
     report = json.loads(out.read_text())
     assert report["documents"] == 5 and report["split"] == "all" and report["protocol"] == "strided"
     assert report["tokenizer"].endswith("default_tokenizer.model")
@@ -231,8 +284,22 @@ def test_command_writes_json_and_plot(checkpoint, tmp_path, capsys):
 def test_command_on_default_validation_split(checkpoint, tmp_path):
     ckpt, _ = checkpoint
     out = tmp_path / "ppl.json"
-    main(["eval", "perplexity", "--checkpoint", str(ckpt), "--max_documents", "1", "--state", "carry",
-          "--out", str(out), "--progress", "false"])
+    main(
+        [
+            "eval",
+            "perplexity",
+            "--checkpoint",
+            str(ckpt),
+            "--max_documents",
+            "1",
+            "--state",
+            "carry",
+            "--out",
+            str(out),
+            "--progress",
+            "false",
+        ]
+    )
     report = json.loads(out.read_text())
     assert report["split"] == "val" and report["documents"] == 1 and report["window"] == 64
 

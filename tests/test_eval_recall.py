@@ -71,8 +71,16 @@ def test_associative_targets_are_the_values():
 @pytest.mark.parametrize("hay", ["generated", "default"])
 def test_copier_scores_what_it_can_see(hay):
     tok = Tokenizer.default()
-    kwargs = dict(kinds=["passkey", "number", "word"], lengths=[96, 320], depths=[0.0], samples=2, hay=hay,
-                  pairs=[4, 24], pair_samples=1, progress=False)
+    kwargs = dict(
+        kinds=["passkey", "number", "word"],
+        lengths=[96, 320],
+        depths=[0.0],
+        samples=2,
+        hay=hay,
+        pairs=[4, 24],
+        pair_samples=1,
+        progress=False,
+    )
     window_only = evaluate_recall(InductionOracle(128, stateful=False), tok, state="carry", **kwargs)
     for kind in ("passkey", "number", "word"):
         rows = window_only["needle"]["by_kind"][kind]
@@ -97,9 +105,30 @@ def test_recall_command(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
     (tmp_path / "model_config.yaml").write_text(yaml.safe_dump(model.config.to_dict()))
     out = tmp_path / "recall"
-    main(["eval", "recall", "--checkpoint", str(tmp_path / "model.safetensors"), "--lengths", "[96, 256]",
-          "--depths", "[0.5]", "--samples", "1", "--pairs", "[4]", "--pair_samples", "1", "--hay", "generated",
-          "--out_dir", str(out), "--progress", "false"])
+    main(
+        [
+            "eval",
+            "recall",
+            "--checkpoint",
+            str(tmp_path / "model.safetensors"),
+            "--lengths",
+            "[96, 256]",
+            "--depths",
+            "[0.5]",
+            "--samples",
+            "1",
+            "--pairs",
+            "[4]",
+            "--pair_samples",
+            "1",
+            "--hay",
+            "generated",
+            "--out_dir",
+            str(out),
+            "--progress",
+            "false",
+        ]
+    )
     report = json.loads((out / "recall.json").read_text())
     assert set(report["needle"]["by_kind"]) == {"passkey", "number", "word"} and report["window"] == 128
     assert 0.0 <= report["associative"]["by_pairs"]["4"]["accuracy"] <= 1.0

@@ -42,8 +42,14 @@ def test_facts_are_seeded_disjoint_and_held_out():
     again = SyntheticFacts(n_tasks=3, people_per_task=2, paraphrases=3, n_candidates=5, seed=7).tasks()
     assert [t.train for t in tasks] == [t.train for t in again]
     assert [t.train for t in tasks] != [t.train for t in SyntheticFacts(n_tasks=3, people_per_task=2, seed=8).tasks()]
-    people = [{i.prompt.removeprefix("The birthplace of ").removesuffix(" is") for i in t.test.items
-               if i.prompt.startswith("The birthplace of ")} for t in tasks]
+    people = [
+        {
+            i.prompt.removeprefix("The birthplace of ").removesuffix(" is")
+            for i in t.test.items
+            if i.prompt.startswith("The birthplace of ")
+        }
+        for t in tasks
+    ]
     assert all(len(p) == 2 for p in people) and not (people[0] & people[1] or people[1] & people[2])
     for task in tasks:
         assert len(task.train) == 2 * 4 * 3 and len(task.test.items) == 2 * 4  # people x relations (x paraphrases)
@@ -92,8 +98,10 @@ def test_epoch_finetune_is_full_finetune_with_flat_options():
     """One implementation: the harness's EpochFinetune is hope.finetune's FullFinetune, weight for weight."""
     tok, task = Tokenizer.default(), SyntheticFacts(n_tasks=1, people_per_task=1).tasks()[0]
     trained = []
-    for method in (EpochFinetune(lr=3e-3, epochs=2, seq_len=32, weight_decay=0.1),
-                   FullFinetune(loop=TaskLoop(lr=3e-3, epochs=2, seq_len=32, weight_decay=0.1))):
+    for method in (
+        EpochFinetune(lr=3e-3, epochs=2, seq_len=32, weight_decay=0.1),
+        FullFinetune(loop=TaskLoop(lr=3e-3, epochs=2, seq_len=32, weight_decay=0.1)),
+    ):
         model = tiny_model()
         method.setup(model, tok)
         method.learn(model, task, tok)
@@ -194,16 +202,26 @@ def test_harness_builds_the_matrix_in_protocol_order(tmp_path):
     table = [[0.1, 0.2], [0.8, 0.3], [0.6, 0.9]]  # row 0: before learning, row i: after task i
     method = Recording()
     writer = SummaryWriter(str(tmp_path))
-    report = run_retention(tiny_model(), Tokenizer.default(), TableSuite(method, table), method, writer=writer,
-                           progress=False)
+    report = run_retention(
+        tiny_model(), Tokenizer.default(), TableSuite(method, table), method, writer=writer, progress=False
+    )
     writer.close()
     assert report["matrix"] == table[1:] and report["initial"] == table[0]
     assert report["summary"] == pytest.approx(metrics.continual_summary(table[1:], table[0]))
     assert report["summary"]["backward_transfer"] == pytest.approx(0.6 - 0.8)
     assert report["summary"]["forward_transfer"] == pytest.approx(0.3 - 0.2)
     assert [s["loss"] for s in report["learn_stats"]] == [1.0, 0.5]
-    assert method.calls == ["setup", "context t0", "context t1", "learn t0", "context t0", "context t1",
-                            "learn t1", "context t0", "context t1"]
+    assert method.calls == [
+        "setup",
+        "context t0",
+        "context t1",
+        "learn t0",
+        "context t0",
+        "context t1",
+        "learn t1",
+        "context t0",
+        "context t1",
+    ]
 
 
 def test_tasks_must_share_a_metric():
@@ -230,9 +248,32 @@ def test_retention_command_facts_finetune(safetensors_checkpoint, tmp_path, caps
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "facts"
-    main(["eval", "retention", "--checkpoint", str(safetensors_checkpoint), "--suite", "SyntheticFacts",
-          "--suite.n_tasks", "2", "--suite.people_per_task", "1", "--method", "EpochFinetune", "--method.epochs", "2",
-          "--method.seq_len", "32", "--general_tokens", "128", "--out_dir", str(out), "--progress", "false"])
+    main(
+        [
+            "eval",
+            "retention",
+            "--checkpoint",
+            str(safetensors_checkpoint),
+            "--suite",
+            "SyntheticFacts",
+            "--suite.n_tasks",
+            "2",
+            "--suite.people_per_task",
+            "1",
+            "--method",
+            "EpochFinetune",
+            "--method.epochs",
+            "2",
+            "--method.seq_len",
+            "32",
+            "--general_tokens",
+            "128",
+            "--out_dir",
+            str(out),
+            "--progress",
+            "false",
+        ]
+    )
     report = json.loads((out / "retention.json").read_text())
     assert report["suite"] == "facts" and report["method"]["config"]["epochs"] == 2
     assert len(report["matrix"]) == 2 and len(report["matrix_with_initial"]) == 3
@@ -241,14 +282,42 @@ def test_retention_command_facts_finetune(safetensors_checkpoint, tmp_path, caps
     assert (out / "retention_matrix.png").stat().st_size > 1000 and (out / "retention_curves.png").exists()
     events = EventAccumulator(str(out / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"task/facts-1/accuracy", "average/accuracy", "general/perplexity", "learn/loss_last",
-            "summary/backward_transfer", "summary/general_relative_drop"} <= tags
+    assert {
+        "task/facts-1/accuracy",
+        "average/accuracy",
+        "general/perplexity",
+        "learn/loss_last",
+        "summary/backward_transfer",
+        "summary/general_relative_drop",
+    } <= tags
     assert "backward_transfer" in capsys.readouterr().out
     # the same method by its hope.finetune name (jsonargparse resolves every finetune method's class name)
-    main(["eval", "retention", "--checkpoint", str(safetensors_checkpoint), "--suite", "SyntheticFacts",
-          "--suite.n_tasks", "2", "--suite.people_per_task", "1", "--method", "FullFinetune", "--method.loop.epochs",
-          "2", "--method.loop.seq_len", "32", "--general_tokens", "128", "--out_dir", str(tmp_path / "full"),
-          "--progress", "false"])
+    main(
+        [
+            "eval",
+            "retention",
+            "--checkpoint",
+            str(safetensors_checkpoint),
+            "--suite",
+            "SyntheticFacts",
+            "--suite.n_tasks",
+            "2",
+            "--suite.people_per_task",
+            "1",
+            "--method",
+            "FullFinetune",
+            "--method.loop.epochs",
+            "2",
+            "--method.loop.seq_len",
+            "32",
+            "--general_tokens",
+            "128",
+            "--out_dir",
+            str(tmp_path / "full"),
+            "--progress",
+            "false",
+        ]
+    )
     full = json.loads((tmp_path / "full" / "retention.json").read_text())
     assert report["method"]["class"] == "EpochFinetune" and full["method"]["class"] == "FullFinetune"
     assert full["matrix_with_initial"] == report["matrix_with_initial"] and full["general"] == report["general"]
@@ -256,10 +325,32 @@ def test_retention_command_facts_finetune(safetensors_checkpoint, tmp_path, caps
 
 def test_retention_command_domains_in_context(safetensors_checkpoint, tmp_path):
     out = tmp_path / "domains"
-    main(["eval", "retention", "--checkpoint", str(safetensors_checkpoint), "--suite", "DomainSequence",
-          "--suite.domains", "[json, email]", "--suite.train_tokens", "200", "--suite.test_tokens", "64",
-          "--suite.chunk", "32", "--method", "InContext", "--general_tokens", "0", "--out_dir", str(out),
-          "--progress", "false"])
+    main(
+        [
+            "eval",
+            "retention",
+            "--checkpoint",
+            str(safetensors_checkpoint),
+            "--suite",
+            "DomainSequence",
+            "--suite.domains",
+            "[json, email]",
+            "--suite.train_tokens",
+            "200",
+            "--suite.test_tokens",
+            "64",
+            "--suite.chunk",
+            "32",
+            "--method",
+            "InContext",
+            "--general_tokens",
+            "0",
+            "--out_dir",
+            str(out),
+            "--progress",
+            "false",
+        ]
+    )
     report = json.loads((out / "retention.json").read_text())
     assert report["metric"] == "perplexity" and not report["higher_is_better"] and "general" not in report
     assert report["method"]["name"] == "in_context"
@@ -269,8 +360,12 @@ def test_retention_command_domains_in_context(safetensors_checkpoint, tmp_path):
 def test_class_incremental_on_a_generated_stand_in(tmp_path):
     """A small generated stand-in for CLINC150/Banking77/DBpedia14: classes split into groups, every question
     ranks all classes of the suite."""
-    rows = [{"text": f"please {verb} my {thing} number {i}", "label": f"{verb}_{thing}"}
-            for verb in ("check", "block", "renew") for thing in ("card", "loan") for i in range(12)]
+    rows = [
+        {"text": f"please {verb} my {thing} number {i}", "label": f"{verb}_{thing}"}
+        for verb in ("check", "block", "renew")
+        for thing in ("card", "loan")
+        for i in range(12)
+    ]
     data = tmp_path / "intents.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     suite = ClassIncremental(str(data), n_tasks=2, classes_per_task=3, train_per_class=4, test_per_class=2)
@@ -281,10 +376,12 @@ def test_class_incremental_on_a_generated_stand_in(tmp_path):
     for task, group in zip(tasks, labels, strict=True):
         assert task.test.chance == pytest.approx(1 / 6)
         assert {item.answer for item in task.test.items} == group
-        assert not {item.prompt.split("\n")[0] for item in task.test.items} & {line.split("\n")[0] for line in
-                                                                              task.train}
-    report = run_retention(tiny_model(), Tokenizer.default(), suite, EpochFinetune(epochs=1, seq_len=32),
-                           progress=False)
+        assert not {item.prompt.split("\n")[0] for item in task.test.items} & {
+            line.split("\n")[0] for line in task.train
+        }
+    report = run_retention(
+        tiny_model(), Tokenizer.default(), suite, EpochFinetune(epochs=1, seq_len=32), progress=False
+    )
     assert report["suite"] == "classes" and len(report["matrix"]) == 2
     with pytest.raises(ValueError, match="classes"):
         ClassIncremental(str(data), n_tasks=4, classes_per_task=2).tasks()

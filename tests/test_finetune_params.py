@@ -12,8 +12,9 @@ from hope.model import HopeLM
 
 def tiny_model(n_layer: int = 2, **overrides) -> HopeLM:
     torch.manual_seed(0)
-    config = ModelConfig.from_preset("debug", n_layer=n_layer, n_embd=32, n_head=2, intermediate_size=64,
-                                     max_seq_len=64, **overrides)
+    config = ModelConfig.from_preset(
+        "debug", n_layer=n_layer, n_embd=32, n_head=2, intermediate_size=64, max_seq_len=64, **overrides
+    )
     return HopeLM(config)
 
 
@@ -48,13 +49,16 @@ def test_patterns_glob_and_regex():
     assert matches("blocks.3.attn.qkv.weight", "blocks.*.attn.*")
     assert matches("blocks.3.cms.levels.0.up.weight", "blocks.*.cms.levels.0.*")
     assert not matches("blocks.3.cms.levels.1.up.weight", "blocks.*.cms.levels.0.*")
-    assert matches("blocks.12.mlp.up.weight", r"re:blocks\.1\d\..*") and not matches("blocks.2.mlp.up.weight",
-                                                                                   r"re:blocks\.1\d\..*")
+    assert matches("blocks.12.mlp.up.weight", r"re:blocks\.1\d\..*") and not matches(
+        "blocks.2.mlp.up.weight", r"re:blocks\.1\d\..*"
+    )
 
 
 def test_depths():
-    assert [depth(n, 4) for n in ("embed.weight", "blocks.0.attn.qkv.weight", "blocks.3.mlp.up.weight",
-                                  "norm.weight", "head.weight")] == [0, 1, 4, 5, 5]
+    assert [
+        depth(n, 4)
+        for n in ("embed.weight", "blocks.0.attn.qkv.weight", "blocks.3.mlp.up.weight", "norm.weight", "head.weight")
+    ] == [0, 1, 4, 5, 5]
 
 
 def test_frozen_parameters_do_not_change():

@@ -11,8 +11,6 @@ from tests.test_titans_models import FAMILIES, V, build, tokens
 ALL = [*FAMILIES, "transformer"]
 
 
-
-
 def model_of(family: str) -> HopeLM:
     if family == "transformer":
         torch.manual_seed(0)
@@ -55,8 +53,9 @@ def test_each_token_is_fed_once_and_the_state_covers_all(family):
     handle.remove()
     assert fed == [11] + [1] * 6  # the prompt once, then each new token once (the last too: the state saw it)
     logits_after, _ = model(tokens(3, seed=5), state)
-    torch.testing.assert_close(logits_after, model(torch.cat([out, tokens(3, seed=5)], dim=1))[0][:, -3:],
-                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        logits_after, model(torch.cat([out, tokens(3, seed=5)], dim=1))[0][:, -3:], rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("family", ["titans-mac", "titans-mal"])

@@ -11,8 +11,18 @@ from hope.model import HopeLM
 from tests.test_cli import fit_args, fit_recording
 
 FAMILIES = ["hope", "hope-attention"]
-SMALL = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=64, padding_multiple=8, max_seq_len=128,
-             hope_chunk_size=4, hope_memory_chunk_size=8, cms_hidden=[16, 24, 8], cms_periods=[4, 8, 16])
+SMALL = dict(
+    n_layer=2,
+    n_embd=32,
+    n_head=2,
+    vocab_size=64,
+    padding_multiple=8,
+    max_seq_len=128,
+    hope_chunk_size=4,
+    hope_memory_chunk_size=8,
+    cms_hidden=[16, 24, 8],
+    cms_periods=[4, 8, 16],
+)
 
 
 def small_model(family: str, **overrides) -> HopeLM:
@@ -66,9 +76,11 @@ def test_invalid_hope_values_are_clear(overrides, message):
 
 
 # -- hope fit with the LevelOptimizer ----------------------------------------------------------------------------
-HOPE_OVERRIDES = ('{"n_layer": 2, "n_embd": 64, "n_head": 2, "cms_hidden": [32, 32, 32], "cms_periods": [4, 8, 16],'
-                  ' "cms_level_periods": [1, 2, 4], "cms_level_rules": ["adamw", "sgd", "deep_momentum"],'
-                  ' "cms_level_lr_scale": [1.0, 0.5, 0.1], "hope_chunk_size": 8, "hope_memory_chunk_size": 8}')
+HOPE_OVERRIDES = (
+    '{"n_layer": 2, "n_embd": 64, "n_head": 2, "cms_hidden": [32, 32, 32], "cms_periods": [4, 8, 16],'
+    ' "cms_level_periods": [1, 2, 4], "cms_level_rules": ["adamw", "sgd", "deep_momentum"],'
+    ' "cms_level_lr_scale": [1.0, 0.5, 0.1], "hope_chunk_size": 8, "hope_memory_chunk_size": 8}'
+)
 
 
 def hope_fit_args(root, corpus, preset, steps=6):
@@ -92,8 +104,12 @@ def test_fit_logs_levels(tmp_path, text_corpus, preset):
     assert updates == {"level1": 4, "level2": 2, "level3": 1}  # periods 1, 2, 4 after 4 optimizer steps
     ckpt = load_checkpoint_file(root / "checkpoints" / "last.ckpt")
     groups = ckpt["optimizer_states"][0]["param_groups"]
-    assert {g["level"]: g["rule"] for g in groups} == {"base": "adamw", "level1": "adamw", "level2": "sgd",
-                                                       "level3": "deep_momentum"}
+    assert {g["level"]: g["rule"] for g in groups} == {
+        "base": "adamw",
+        "level1": "adamw",
+        "level2": "sgd",
+        "level3": "deep_momentum",
+    }
     assert isinstance(LevelOptimizer, type)
     assert all(g["step_count"] == ckpt["global_step"] for g in groups)
 

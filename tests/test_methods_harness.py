@@ -26,12 +26,18 @@ METHODS = {
     "full": lambda: FullFinetune(loop=LOOP),
     "lora": lambda: LoRA(rank=2, loop=LOOP),
     "ewc": lambda: EWC(lam=10.0, fisher_blocks=2, loop=LOOP),
-    "replay": lambda source: Replay(buffer_ratio=0.25, general_ratio=0.25, general_source=source, general_blocks=4,
-                                    loop=LOOP),
+    "replay": lambda source: Replay(
+        buffer_ratio=0.25, general_ratio=0.25, general_source=source, general_blocks=4, loop=LOOP
+    ),
     "llrd": lambda: LayerwiseLRDecay(decay=0.5, loop=LOOP),
     "gradual": lambda: GradualUnfreezing(unfreeze_every=1, loop=LOOP),
-    "smf": lambda source: SparseMemoryFinetune(top_t=8, background_source=source, background_batches=2,
-                                               background_batch_size=2, loop=TaskLoop(lr=1.0, epochs=1, seq_len=32)),
+    "smf": lambda source: SparseMemoryFinetune(
+        top_t=8,
+        background_source=source,
+        background_batches=2,
+        background_batch_size=2,
+        loop=TaskLoop(lr=1.0, epochs=1, seq_len=32),
+    ),
 }
 
 
@@ -76,15 +82,26 @@ def test_harness_finetuning_keeps_cms_level_periods():
     """HOPE in the retention harness: CMS level l steps every cms_level_periods[l] steps of a task, as in `hope
     finetune` (one LevelOptimizer), while the rest steps every step."""
     torch.manual_seed(0)
-    model = HopeLM(ModelConfig.from_preset("hope-debug", n_layer=1, n_embd=32, n_head=2, cms_hidden=[32, 32, 32],
-                                           cms_level_periods=[1, 4, 16], max_seq_len=64))
+    model = HopeLM(
+        ModelConfig.from_preset(
+            "hope-debug",
+            n_layer=1,
+            n_embd=32,
+            n_head=2,
+            cms_hidden=[32, 32, 32],
+            cms_level_periods=[1, 4, 16],
+            max_seq_len=64,
+        )
+    )
     method, tok = RecordingFull(TaskLoop(epochs=8, batch_size=8, seq_len=32)), Tokenizer.default()
     task = Task("t", ["Ada Quill was born in Port Mere in 1911.", "Ada Quill works as a glassblower."], None)
     method.setup(model, tok)
     assert method.learn(model, task, tok)["steps"] == 8  # one batch per epoch
     weights = [*method.before_steps, snapshot(model)]
-    moved = [{n for n, v in after.items() if not v.equal(before[n])}
-             for before, after in zip(weights[:-1], weights[1:], strict=True)]
+    moved = [
+        {n for n, v in after.items() if not v.equal(before[n])}
+        for before, after in zip(weights[:-1], weights[1:], strict=True)
+    ]
 
     def level(names: set[str], level: int) -> bool:
         return any(f".cms.levels.{level}." in n for n in names)

@@ -51,8 +51,9 @@ def test_cms_levels_trains_only_the_chosen_levels_of_a_hope_model():
     model, method = tiny_hope(), CMSLevels(levels=[2], blocks=[1])
     method.prepare(model)
     trainable = configure_trainable(model, method.trains)
-    assert sorted(trainable) == [f"blocks.1.cms.levels.2.{n}" for n in
-                                 ("mlp.down.weight", "mlp.gate.weight", "mlp.up.weight", "norm.weight")]
+    assert sorted(trainable) == [
+        f"blocks.1.cms.levels.2.{n}" for n in ("mlp.down.weight", "mlp.gate.weight", "mlp.up.weight", "norm.weight")
+    ]
     before = snapshot(model)
     train_steps(method, model, steps=2)
     assert changed(model, before) == set(trainable)

@@ -27,7 +27,8 @@ def test_fresh_adapter_changes_nothing():
 def test_only_adapters_train_and_base_stays_bit_identical():
     model, method, base = lora_model(targets=["blocks.*.attn.*"])
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        f"blocks.{b}.attn.{m}.lora_{ab}" for b in (0, 1) for m in ("qkv", "proj") for ab in "ab"}
+        f"blocks.{b}.attn.{m}.lora_{ab}" for b in (0, 1) for m in ("qkv", "proj") for ab in "ab"
+    }
     before = snapshot(model)
     train_steps(method, model, steps=3)
     assert changed(model, before) == {n for n in before if n.endswith("lora_a") or n.endswith("lora_b")}

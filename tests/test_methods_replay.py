@@ -14,8 +14,10 @@ def pools(method, seq_len=8):
 
 
 def task_batch(rows=4, seq_len=8):
-    return {"input_ids": torch.zeros(rows, seq_len, dtype=torch.long), "labels": torch.zeros(rows, seq_len,
-                                                                                            dtype=torch.long)}
+    return {
+        "input_ids": torch.zeros(rows, seq_len, dtype=torch.long),
+        "labels": torch.zeros(rows, seq_len, dtype=torch.long),
+    }
 
 
 @pytest.mark.parametrize(("buffer_ratio", "general_ratio"), [(0.25, 0.0), (0.2, 0.1), (0.0, 0.5), (0.3, 0.3)])

@@ -27,8 +27,10 @@ def test_product_key_lookup_equals_brute_force_top_k():
     slots, weights = layer.lookup(x)
     q = layer.query(x).view(2, 3, 2, 2, 4)
     # the full key of slot i1 * n_keys + i2 is [K1[i1], K2[i2]]: score q1 . K1[i1] + q2 . K2[i2]
-    full = (torch.einsum("bthd,hnd->bthn", q[..., 0, :], layer.keys[:, 0]).unsqueeze(-1)
-            + torch.einsum("bthd,hnd->bthn", q[..., 1, :], layer.keys[:, 1]).unsqueeze(-2)).flatten(-2)
+    full = (
+        torch.einsum("bthd,hnd->bthn", q[..., 0, :], layer.keys[:, 0]).unsqueeze(-1)
+        + torch.einsum("bthd,hnd->bthn", q[..., 1, :], layer.keys[:, 1]).unsqueeze(-2)
+    ).flatten(-2)
     best, best_slots = full.topk(4, dim=-1)
     assert torch.equal(slots.sort(-1).values, best_slots.sort(-1).values)
     torch.testing.assert_close(weights, best.softmax(-1))
@@ -86,4 +88,3 @@ def test_sparse_memory_finetuning_touches_only_selected_slots():
     assert 0 < rows.sum() <= 5 and not (rows & ~layer.last_mask).any()  # only selected slots moved
     assert layer.last_mask.sum() == 5
     assert torch.equal(layer.last_mask, layer.slot_mask(layer.last_counts, 5))
-

@@ -29,10 +29,14 @@ pytestmark = pytest.mark.slurm
 
 # The debug model at a size where a step takes a fraction of a second on 2 shared cores.
 SMALL = [
-    "--trainer.accelerator", "cpu",
-    "--data.batch_size", "4",
-    "--data.seq_len", "64",
-    "--data.max_val_blocks", "2",
+    "--trainer.accelerator",
+    "cpu",
+    "--data.batch_size",
+    "4",
+    "--data.seq_len",
+    "64",
+    "--data.max_val_blocks",
+    "2",
 ]
 DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
@@ -68,8 +72,9 @@ def slurm_env() -> dict[str, str]:
     cluster_dir = Path(tempfile.mkdtemp(prefix="hope-slurm-"))
     cluster_dir.chmod(0o755)
     env = {**os.environ, "HOPE_SLURM_PORT": str(_free_port_pair())}
-    start = subprocess.run([str(CLUSTER), "start", str(cluster_dir)], env=env, capture_output=True, text=True,
-                           timeout=120)
+    start = subprocess.run(
+        [str(CLUSTER), "start", str(cluster_dir)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert start.returncode == 0, f"local cluster did not start:\n{start.stderr}"
     env["SLURM_CONF"] = re.search(r"export SLURM_CONF=(\S+)", start.stdout).group(1)
     # The job runs `python -m hope` with this interpreter (no PATH assumptions) and prints a progress line per step.
@@ -91,8 +96,7 @@ def submit(env: dict[str, str], script: str, sbatch_args: list[str], exports: di
 
 
 def job_info(env: dict[str, str], job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=env, capture_output=True, text=True,
-                         timeout=30)
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
 
@@ -125,7 +129,8 @@ def assert_completed(info: dict[str, str], log: Path) -> None:
 def test_pretrain_two_tasks(slurm_env, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     job = submit(
-        slurm_env, "slurm/pretrain.sbatch",
+        slurm_env,
+        "slurm/pretrain.sbatch",
         ["--nodes=1", "--ntasks-per-node=2", f"--output={log}"],
         {"CONFIG": "configs/pretrain/debug.yaml", "RUN_DIR": str(run_dir)},
         [*SMALL, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3"],
@@ -153,11 +158,19 @@ def test_requeue_on_signal_resumes(slurm_env, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     max_steps = 40
     job = submit(
-        slurm_env, "slurm/pretrain.sbatch",
+        slurm_env,
+        "slurm/pretrain.sbatch",
         ["--nodes=1", "--ntasks-per-node=2", f"--output={log}"],
         {"CONFIG": "configs/pretrain/debug.yaml", "RUN_DIR": str(run_dir)},
-        [*SMALL, "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "20",
-         "--trainer.num_sanity_val_steps", "0"],
+        [
+            *SMALL,
+            "--trainer.max_steps",
+            str(max_steps),
+            "--trainer.val_check_interval",
+            "20",
+            "--trainer.num_sanity_val_steps",
+            "0",
+        ],
     )
     # Signal once the progress bar shows step 8 or later, i.e. in the middle of training.
     deadline = time.monotonic() + 180
@@ -190,7 +203,8 @@ def test_sweep_array(slurm_env, tmp_path):
     sweep, log = tmp_path / "sweep.txt", tmp_path / "sweep-%a.out"
     sweep.write_text("# comment\n--trainer.max_steps 2\n\n--trainer.max_steps 3 --model.optim.lr 1e-3\n")
     job = submit(
-        slurm_env, "slurm/sweep.sbatch",
+        slurm_env,
+        "slurm/sweep.sbatch",
         ["--array=0-1", "--ntasks-per-node=1", f"--output={log}"],
         {"CONFIG": "configs/pretrain/debug.yaml", "SWEEP": str(sweep), "RUN_DIR": str(tmp_path / "sweep")},
         [*SMALL, "--trainer.num_sanity_val_steps", "0", "--trainer.val_check_interval", "2"],

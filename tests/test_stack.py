@@ -26,8 +26,19 @@ def transformer_checkpoint(path, dtype=torch.float64):
 @pytest.mark.parametrize("mlp_level", [1, 3])
 def test_stacked_model_reproduces_transformer(tmp_path, mlp_level, capsys):
     transformer = transformer_checkpoint(tmp_path / "t.ckpt")
-    main(["stack", "--checkpoint", str(tmp_path / "t.ckpt"), "--preset", "hope-attention-debug",
-          "--out", str(tmp_path / "stacked"), "--mlp_level", str(mlp_level)])
+    main(
+        [
+            "stack",
+            "--checkpoint",
+            str(tmp_path / "t.ckpt"),
+            "--preset",
+            "hope-attention-debug",
+            "--out",
+            str(tmp_path / "stacked"),
+            "--mlp_level",
+            str(mlp_level),
+        ]
+    )
     assert "--model.init_from" in capsys.readouterr().out
     stacked = load_model(tmp_path / "stacked" / "model.ckpt").double()
     cfg = stacked.config

@@ -22,9 +22,21 @@ V, T = 50, 21  # T = 2 segments of 8 + 5 tokens; 5 chunks of 4 + 1; more than 3 
 
 
 def tiny(family: str, **overrides) -> ModelConfig:
-    values = dict(family=family, vocab_size=V, n_layer=2, n_head=2, n_embd=16, intermediate_size=32, max_seq_len=64,
-                  memory_depth=2, memory_expansion=2, memory_chunk_size=4, segment_len=8, n_persistent=2,
-                  memory_max_lr=0.25)  # large inner steps, so that the memory visibly matters
+    values = dict(
+        family=family,
+        vocab_size=V,
+        n_layer=2,
+        n_head=2,
+        n_embd=16,
+        intermediate_size=32,
+        max_seq_len=64,
+        memory_depth=2,
+        memory_expansion=2,
+        memory_chunk_size=4,
+        segment_len=8,
+        n_persistent=2,
+        memory_max_lr=0.25,
+    )  # large inner steps, so that the memory visibly matters
     if family in ("titans-mag", "titans-mal"):
         values["sliding_window"] = 6
     return ModelConfig(**{**values, **overrides})
@@ -89,8 +101,11 @@ def test_causality(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("splits", [[8], [16], [5], [3, 7, 12, 13, 19], list(range(1, T))],
-                         ids=["segment", "2-segments", "mid", "ragged", "token-by-token"])
+@pytest.mark.parametrize(
+    "splits",
+    [[8], [16], [5], [3, 7, 12, 13, 19], list(range(1, T))],
+    ids=["segment", "2-segments", "mid", "ragged", "token-by-token"],
+)
 def test_streaming_equals_one_call(family, splits):
     """One call == the same tokens in pieces with the state carried, at segment/chunk boundaries and anywhere."""
     model, idx = build(family), tokens()

@@ -10,9 +10,21 @@ from hope.model import HopeLM
 from hope.ttl import TestTimeLearner
 
 FAMILIES = ["hope", "hope-attention"]
-SMALL = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=64, padding_multiple=8, max_seq_len=128,
-             hope_chunk_size=4, hope_memory_chunk_size=8, cms_hidden=[16, 24], cms_periods=[4, 8],
-             cms_level_periods=[1, 2], cms_level_rules=["adamw", "adamw"], cms_level_lr_scale=[1.0, 1.0])
+SMALL = dict(
+    n_layer=2,
+    n_embd=32,
+    n_head=2,
+    vocab_size=64,
+    padding_multiple=8,
+    max_seq_len=128,
+    hope_chunk_size=4,
+    hope_memory_chunk_size=8,
+    cms_hidden=[16, 24],
+    cms_periods=[4, 8],
+    cms_level_periods=[1, 2],
+    cms_level_rules=["adamw", "adamw"],
+    cms_level_lr_scale=[1.0, 1.0],
+)
 
 
 def small_model(family: str) -> HopeLM:
@@ -22,8 +34,11 @@ def small_model(family: str) -> HopeLM:
 
 def level_weight_names(model: HopeLM) -> list[list[str]]:
     """[(block, level)] -> names of (gate, up, down) in the model's parameter dict."""
-    return [[f"blocks.{b}.cms.levels.{lv}.mlp.{m}.weight" for m in ("gate", "up", "down")]
-            for b in range(len(model.blocks)) for lv in range(len(model.blocks[b].cms.levels))]
+    return [
+        [f"blocks.{b}.cms.levels.{lv}.mlp.{m}.weight" for m in ("gate", "up", "down")]
+        for b in range(len(model.blocks))
+        for lv in range(len(model.blocks[b].cms.levels))
+    ]
 
 
 def naive_loop(model: HopeLM, idx_1T: torch.Tensor, lr: float):

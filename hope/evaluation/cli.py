@@ -78,13 +78,24 @@ def perplexity(
     model, tok = load_for_eval(checkpoint, tokenizer, device)
     split = resolve_split(source, split)
     docs = load_documents(source, split, max_documents, val_fraction, text_field)
-    report = {"checkpoint": str(checkpoint), "model": model.config.name, "tokenizer": str(tok.path),
-              "source": source, "split": split, "max_documents": max_documents}
-    report.update(evaluate_perplexity(model, tok, [text for _, text in docs], protocol, window, stride, state,
-                                      bucket_size, progress))
-    print(f"[hope] {report['documents']} documents, {report['tokens']} tokens: token perplexity "
-          f"{report['token_perplexity']:.3f}, bits/byte {report['bits_per_byte']:.4f}, word perplexity "
-          f"{report['word_perplexity']:.3f} ({protocol}, window {report['window']}, state {state})")
+    report = {
+        "checkpoint": str(checkpoint),
+        "model": model.config.name,
+        "tokenizer": str(tok.path),
+        "source": source,
+        "split": split,
+        "max_documents": max_documents,
+    }
+    report.update(
+        evaluate_perplexity(
+            model, tok, [text for _, text in docs], protocol, window, stride, state, bucket_size, progress
+        )
+    )
+    print(
+        f"[hope] {report['documents']} documents, {report['tokens']} tokens: token perplexity "
+        f"{report['token_perplexity']:.3f}, bits/byte {report['bits_per_byte']:.4f}, word perplexity "
+        f"{report['word_perplexity']:.3f} ({protocol}, window {report['window']}, state {state})"
+    )
     if out is not None:
         _write_json(report, out)
     plot = plot or (str(Path(out).with_suffix(".png")) if out else None)
@@ -144,8 +155,10 @@ def retention(
     report = {"checkpoint": str(checkpoint), "model": model.config.name, **report}
     paths = write_outputs(report, out_dir)
     print(format_summary(report))
-    print(f"[hope] report: {paths['json']}  plots: {', '.join(v for k, v in paths.items() if k != 'json')}  "
-          f"TensorBoard: {Path(out_dir) / 'tensorboard'}")
+    print(
+        f"[hope] report: {paths['json']}  plots: {', '.join(v for k, v in paths.items() if k != 'json')}  "
+        f"TensorBoard: {Path(out_dir) / 'tensorboard'}"
+    )
 
 
 def recall(
@@ -193,9 +206,23 @@ def recall(
 
     model, tok = load_for_eval(checkpoint, tokenizer, device)
     report = {"checkpoint": str(checkpoint), "model": model.config.name}
-    report.update(evaluate_recall(
-        model, tok, KINDS if kinds is None else kinds, lengths or [256, 512, 1024, 2048], depths or [0.1, 0.5, 0.9],
-        samples, hay, [4, 16, 64] if pairs is None else pairs, pair_samples, state, window, seed, progress))
+    report.update(
+        evaluate_recall(
+            model,
+            tok,
+            KINDS if kinds is None else kinds,
+            lengths or [256, 512, 1024, 2048],
+            depths or [0.1, 0.5, 0.9],
+            samples,
+            hay,
+            [4, 16, 64] if pairs is None else pairs,
+            pair_samples,
+            state,
+            window,
+            seed,
+            progress,
+        )
+    )
     print(format_recall(report))
     _write_json(report, Path(out_dir) / "recall.json")
     save_figure(draw_recall, report, Path(out_dir) / "recall.png")
@@ -211,8 +238,10 @@ def format_recall(report: dict) -> str:
             lines.append(f"  {kind:<16}" + "".join(f"{rows[str(n)]['accuracy']:8.2f}" for n in lengths))
     if "associative" in report:
         for n, row in report["associative"]["by_pairs"].items():
-            lines.append(f"associative recall, {n} pairs ({row['context_tokens']} tokens): accuracy "
-                         f"{row['accuracy']:.2f}, token accuracy {row['token_accuracy']:.2f}")
+            lines.append(
+                f"associative recall, {n} pairs ({row['context_tokens']} tokens): accuracy "
+                f"{row['accuracy']:.2f}, token accuracy {row['token_accuracy']:.2f}"
+            )
     return "\n".join(lines)
 
 

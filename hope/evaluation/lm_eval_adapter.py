@@ -41,9 +41,16 @@ log = logging.getLogger(__name__)
 class HopeEvalLM(TemplateLM):
     """A hope checkpoint behind lm-eval's ``loglikelihood``, ``loglikelihood_rolling`` and ``generate_until``."""
 
-    def __init__(self, checkpoint: str, tokenizer: str | None = None, device: str | None = None,
-                 max_length: int | None = None, state: str = "document", max_gen_toks: int = 256,
-                 **kwargs) -> None:  # lm-eval also passes batch_size, max_batch_size, ...: not needed here
+    def __init__(
+        self,
+        checkpoint: str,
+        tokenizer: str | None = None,
+        device: str | None = None,
+        max_length: int | None = None,
+        state: str = "document",
+        max_gen_toks: int = 256,
+        **kwargs,
+    ) -> None:  # lm-eval also passes batch_size, max_batch_size, ...: not needed here
         super().__init__()
         if state not in ("document", "reset"):
             raise ValueError(f"state={state!r}: choose 'document' or 'reset'")
@@ -103,8 +110,9 @@ class HopeEvalLM(TemplateLM):
         for request in tqdm(requests, desc="loglikelihood_rolling", disable=disable_tqdm):
             (string,) = request.args
             seq = [self.prefix_token_id] + self.tok_encode(string)
-            scored = score_windows(self.model, seq, rolling_windows(len(seq), self.max_length),
-                                   carry=self.state == "document")
+            scored = score_windows(
+                self.model, seq, rolling_windows(len(seq), self.max_length), carry=self.state == "document"
+            )
             ll = float(scored.logprobs.sum())
             out.append(ll)
             if self.cache_hook is not None:

@@ -69,9 +69,15 @@ class Totals:
         if self.tokens == 0:
             raise ValueError("no tokens were scored: the documents are empty after tokenization")
         buckets = [
-            {"start": i * self.bucket_size, "end": (i + 1) * self.bucket_size, "tokens": int(n),
-             "nll": -float(s) / int(n), "perplexity": math.exp(-float(s) / int(n))}
-            for i, (s, n) in enumerate(zip(self.bucket_ll, self.bucket_n, strict=True)) if n > 0
+            {
+                "start": i * self.bucket_size,
+                "end": (i + 1) * self.bucket_size,
+                "tokens": int(n),
+                "nll": -float(s) / int(n),
+                "perplexity": math.exp(-float(s) / int(n)),
+            }
+            for i, (s, n) in enumerate(zip(self.bucket_ll, self.bucket_n, strict=True))
+            if n > 0
         ]
         return {
             "documents": self.documents,
@@ -138,8 +144,12 @@ def evaluate_perplexity(
     else:
         _rolling(model, tokenizer, token_lists, window, state, totals, progress)
     model.train(was_training)
-    settings = {"protocol": protocol, "window": window, "stride": stride if protocol == "strided" else None,
-                "state": state}
+    settings = {
+        "protocol": protocol,
+        "window": window,
+        "stride": stride if protocol == "strided" else None,
+        "state": state,
+    }
     return {**settings, **totals.report(), "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -151,8 +161,7 @@ def _strided(model, tokenizer, token_lists, window, stride, state, totals, progr
     stream, positions = pack_with_positions(token_lists, tokenizer.bos_id, tokenizer.eos_id)
     windows = strided_windows(len(stream), window, stride)
     with _progress(len(stream) - 1, progress) as bar:
-        scored = score_windows(model, stream, windows, carry=state == "carry",
-                               on_window=lambda w: bar.update(w.n_new))
+        scored = score_windows(model, stream, windows, carry=state == "carry", on_window=lambda w: bar.update(w.n_new))
     totals.add_scores(scored.logprobs, positions[1:])
 
 
@@ -165,7 +174,13 @@ def _rolling(model, tokenizer, token_lists, window, state, totals, progress) -> 
         for tokens in token_lists:
             seq = [prefix] + tokens
             windows: list[Window] = rolling_windows(len(seq), window)
-            scored = score_windows(model, seq, windows, state=carried if state == "carry" else None,
-                                   carry=state != "reset", on_window=lambda w: bar.update(w.n_new))
+            scored = score_windows(
+                model,
+                seq,
+                windows,
+                state=carried if state == "carry" else None,
+                carry=state != "reset",
+                on_window=lambda w: bar.update(w.n_new),
+            )
             carried = scored.state
             totals.add_scores(scored.logprobs, np.arange(len(tokens)))

@@ -42,8 +42,9 @@ def draw_perplexity_by_position(fig, report: dict) -> None:
     x = [(b["start"] + b["end"]) / 2 for b in buckets]
     # Scored tokens per bucket, faint, behind: the far buckets rest on few (long) documents and are noisier.
     counts = ax.twinx()
-    counts.bar(x, [b["tokens"] for b in buckets], width=report["by_position"]["bucket_size"] * 0.9, color="grey",
-               alpha=0.15)
+    counts.bar(
+        x, [b["tokens"] for b in buckets], width=report["by_position"]["bucket_size"] * 0.9, color="grey", alpha=0.15
+    )
     counts.set_ylabel("scored tokens per bucket", color="grey")
     ax.set_zorder(counts.get_zorder() + 1)
     ax.patch.set_visible(False)
@@ -55,8 +56,11 @@ def draw_perplexity_by_position(fig, report: dict) -> None:
         ax.axvline(report["window"], color="grey", linestyle="--", linewidth=1, label=f"window {report['window']}")
         ax.legend()
     name = Path(str(report.get("checkpoint", ""))).name
-    ax.set_title(f"{name}  {report['protocol']}, state={report['state']}: ppl {report['token_perplexity']:.2f}, "
-                 f"{report['bits_per_byte']:.3f} bits/byte", fontsize=9)
+    ax.set_title(
+        f"{name}  {report['protocol']}, state={report['state']}: ppl {report['token_perplexity']:.2f}, "
+        f"{report['bits_per_byte']:.3f} bits/byte",
+        fontsize=9,
+    )
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -79,12 +83,14 @@ def draw_matrix(fig, report: dict) -> None:
     for i in range(R.shape[0]):
         for j in range(R.shape[1]):
             dark = (R[i, j] < mid) == report["higher_is_better"]
-            ax.text(j, i, fmt.format(R[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if dark else "black")
+            ax.text(j, i, fmt.format(R[i, j]), ha="center", va="center", fontsize=8, color="white" if dark else "black")
     summary = report["summary"]
-    ax.set_title(f"{report['suite']} / {report['method']['name']}: {report['metric']}"
-                 f"   avg {summary['average_accuracy']:.3g}  BWT {summary['backward_transfer']:+.3g}"
-                 f"  FWT {summary['forward_transfer']:+.3g}  forgetting {summary['forgetting']:.3g}", fontsize=9)
+    ax.set_title(
+        f"{report['suite']} / {report['method']['name']}: {report['metric']}"
+        f"   avg {summary['average_accuracy']:.3g}  BWT {summary['backward_transfer']:+.3g}"
+        f"  FWT {summary['forward_transfer']:+.3g}  forgetting {summary['forgetting']:.3g}",
+        fontsize=9,
+    )
 
 
 def draw_task_curves(fig, report: dict) -> None:
@@ -108,8 +114,14 @@ def draw_task_curves(fig, report: dict) -> None:
     general = report.get("general")
     if general is not None:  # the held-out general metric on a second axis: what learning the tasks cost
         other = ax.twinx()
-        other.plot(range(len(R)), [general["before"], *general["after_each_task"]], color="black", linestyle="--",
-                   marker="x", label=f"general {general['metric']}")
+        other.plot(
+            range(len(R)),
+            [general["before"], *general["after_each_task"]],
+            color="black",
+            linestyle="--",
+            marker="x",
+            label=f"general {general['metric']}",
+        )
         other.set_ylabel(f"general {general['metric']} (held out)")
         if general["metric"] == "perplexity":
             other.set_yscale("log")
@@ -121,8 +133,9 @@ def draw_recall(fig, report: dict) -> None:
     """Exact-match and per-token accuracy against context length: one line per needle kind, plus associative
     recall. Per-token accuracy shows partial copying where exact match is still 0."""
     fig.set_size_inches(11, 4.5)
-    for col, (key, label) in enumerate([("accuracy", "exact-match accuracy"),
-                                        ("token_accuracy", "answer-token accuracy")]):
+    for col, (key, label) in enumerate(
+        [("accuracy", "exact-match accuracy"), ("token_accuracy", "answer-token accuracy")]
+    ):
         ax = fig.add_subplot(1, 2, col + 1)
         for kind, rows in report.get("needle", {}).get("by_kind", {}).items():
             lengths = sorted(rows, key=int)
@@ -130,8 +143,13 @@ def draw_recall(fig, report: dict) -> None:
         if report.get("associative"):
             rows = report["associative"]["by_pairs"]
             keys = sorted(rows, key=int)
-            ax.plot([rows[k]["context_tokens"] for k in keys], [rows[k][key] for k in keys], marker="s",
-                    linestyle="--", label="associative recall")
+            ax.plot(
+                [rows[k]["context_tokens"] for k in keys],
+                [rows[k][key] for k in keys],
+                marker="s",
+                linestyle="--",
+                label="associative recall",
+            )
         ax.axvline(report["window"], color="grey", linestyle=":", linewidth=1, label=f"window {report['window']}")
         ax.set_xscale("log", base=2)
         ax.set_ylim(-0.05, 1.05)

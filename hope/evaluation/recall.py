@@ -57,12 +57,18 @@ def needle_and_question(kind: str, rng: random.Random) -> tuple[str, str, str]:
     key = pseudo_word(rng)
     if kind == "number":
         v = str(rng.randint(1000000, 9999999))
-        return (f" One of the special magic numbers for {key} is: {v}. ",
-                f"What is the special magic number for {key}? The special magic number for {key} is:", v)
+        return (
+            f" One of the special magic numbers for {key} is: {v}. ",
+            f"What is the special magic number for {key}? The special magic number for {key} is:",
+            v,
+        )
     if kind == "word":
         v = pseudo_word(rng)
-        return (f" One of the special magic words for {key} is: {v}. ",
-                f"What is the special magic word for {key}? The special magic word for {key} is:", v)
+        return (
+            f" One of the special magic words for {key} is: {v}. ",
+            f"What is the special magic word for {key}? The special magic word for {key} is:",
+            v,
+        )
     raise ValueError(f"unknown needle kind {kind!r}; choose from {KINDS}")
 
 
@@ -83,8 +89,9 @@ def hay_tokens(tokenizer: Tokenizer, n_tokens: int, hay: str = "default", seed: 
     return tokens[:n_tokens]
 
 
-def needle_sample(tokenizer: Tokenizer, hay: list[int], kind: str, length: int, depth: float,
-                  rng: random.Random) -> tuple[list[int], list[int]] | None:
+def needle_sample(
+    tokenizer: Tokenizer, hay: list[int], kind: str, length: int, depth: float, rng: random.Random
+) -> tuple[list[int], list[int]] | None:
     """``(prompt tokens, answer tokens)`` with ``length`` prompt tokens, or ``None`` if ``length`` is too short."""
     needle, question, answer = needle_and_question(kind, rng)
     intro = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(INTRO, bos=False)
@@ -100,9 +107,19 @@ def needle_sample(tokenizer: Tokenizer, hay: list[int], kind: str, length: int, 
 
 
 @torch.no_grad()
-def evaluate_needles(model: nn.Module, tokenizer: Tokenizer, kinds: Sequence[str], lengths: Sequence[int],
-                     depths: Sequence[float], samples: int, hay: str = "default", state: str = "carry",
-                     window: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+def evaluate_needles(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    kinds: Sequence[str],
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    samples: int,
+    hay: str = "default",
+    state: str = "carry",
+    window: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Exact-match accuracy per kind, length and depth (``samples`` needles each)."""
     window = window or model.config.max_seq_len
     hay_ids = hay_tokens(tokenizer, 2 * max(lengths), hay, seed)
@@ -173,9 +190,16 @@ def associative_sample(tokenizer: Tokenizer, n_pairs: int, rng: random.Random) -
 
 
 @torch.no_grad()
-def evaluate_associative(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[int], samples: int,
-                         state: str = "carry", window: int | None = None, seed: int = 0,
-                         progress: bool = True) -> dict:
+def evaluate_associative(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    pairs: Sequence[int],
+    samples: int,
+    state: str = "carry",
+    window: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Per ``n_pairs``: share of queries whose value is recalled exactly (greedy), over ``samples`` sequences."""
     window = window or model.config.max_seq_len
     by_pairs = {}
@@ -190,16 +214,30 @@ def evaluate_associative(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence
             token_hits += sum(int(scored.greedy[t].sum()) for t in targets)
             count += len(targets)
             n_tokens += sum(len(t) for t in targets)
-        by_pairs[str(n)] = {"accuracy": hits / count, "token_accuracy": token_hits / n_tokens, "queries": count,
-                            "context_tokens": length}
+        by_pairs[str(n)] = {
+            "accuracy": hits / count,
+            "token_accuracy": token_hits / n_tokens,
+            "queries": count,
+            "context_tokens": length,
+        }
     return {"pairs": list(pairs), "by_pairs": by_pairs}
 
 
-def evaluate_recall(model: nn.Module, tokenizer: Tokenizer, kinds: Sequence[str] = KINDS,
-                    lengths: Sequence[int] = (256, 512, 1024, 2048), depths: Sequence[float] = (0.1, 0.5, 0.9),
-                    samples: int = 4, hay: str = "default", pairs: Sequence[int] = (4, 16, 64),
-                    pair_samples: int = 4, state: str = "carry", window: int | None = None, seed: int = 0,
-                    progress: bool = True) -> dict:
+def evaluate_recall(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    kinds: Sequence[str] = KINDS,
+    lengths: Sequence[int] = (256, 512, 1024, 2048),
+    depths: Sequence[float] = (0.1, 0.5, 0.9),
+    samples: int = 4,
+    hay: str = "default",
+    pairs: Sequence[int] = (4, 16, 64),
+    pair_samples: int = 4,
+    state: str = "carry",
+    window: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Both recall tests; returns the report dict (accuracy tables)."""
     if state not in ("carry", "reset"):
         raise ValueError(f"state={state!r}: choose 'carry' or 'reset'")
@@ -211,11 +249,13 @@ def evaluate_recall(model: nn.Module, tokenizer: Tokenizer, kinds: Sequence[str]
     model.eval()
     report = {"window": window, "state": state, "seed": seed}
     if kinds:
-        report["needle"] = evaluate_needles(model, tokenizer, kinds, lengths, depths, samples, hay, state, window,
-                                            seed, progress)
+        report["needle"] = evaluate_needles(
+            model, tokenizer, kinds, lengths, depths, samples, hay, state, window, seed, progress
+        )
     if pairs:
-        report["associative"] = evaluate_associative(model, tokenizer, pairs, pair_samples, state, window, seed,
-                                                     progress)
+        report["associative"] = evaluate_associative(
+            model, tokenizer, pairs, pair_samples, state, window, seed, progress
+        )
     model.train(was_training)
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report

@@ -118,8 +118,9 @@ def read_context(model: nn.Module, tokens: Sequence[int], keep: int, state: list
     tokens = list(tokens)
     cut = max(len(tokens) - keep, 0)
     if cut and is_stateful(model):
-        state = advance_state(model, torch.tensor(tokens[:cut], device=model_device(model)), state,
-                              model.config.max_seq_len)
+        state = advance_state(
+            model, torch.tensor(tokens[:cut], device=model_device(model)), state, model.config.max_seq_len
+        )
     return tokens[cut:], state
 
 
@@ -161,8 +162,9 @@ def score_windows(
     greedy = torch.zeros(n_targets, dtype=torch.bool, device=s.device)
     start_state, stateless = state, None
     for k, w in enumerate(windows):
-        lp, hit, end_state = forward_logprobs(model, s[None, w.begin : w.end], s[None, w.begin + 1 : w.end + 1],
-                                              start_state if carry else state)
+        lp, hit, end_state = forward_logprobs(
+            model, s[None, w.begin : w.end], s[None, w.begin + 1 : w.end + 1], start_state if carry else state
+        )
         logprobs[w.end - w.n_new : w.end] = lp[0, -w.n_new :]
         greedy[w.end - w.n_new : w.end] = hit[0, -w.n_new :]
         if on_window is not None:

@@ -69,8 +69,10 @@ def init_weights(model: nn.Module, path: str | os.PathLike, memory: MemoryLayerC
     blocks = memory.blocks if memory is not None else []
     has_memory = {b for b in range(len(model.blocks)) if f"blocks.{b}.mlp.values.weight" in state}
     if has_memory - {b % len(model.blocks) for b in blocks}:
-        raise ValueError(f"{str(path)!r} has memory layers in blocks {sorted(has_memory)}; set "
-                         f"model.memory_layers.blocks to {sorted(has_memory)} (and the same sizes).")
+        raise ValueError(
+            f"{str(path)!r} has memory layers in blocks {sorted(has_memory)}; set "
+            f"model.memory_layers.blocks to {sorted(has_memory)} (and the same sizes)."
+        )
     if memory is not None and has_memory:
         swap_mlp_for_memory(model, memory)
     _load_state(model, state, str(path))
@@ -87,9 +89,11 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) ->
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     mismatched = [k for k, v in own.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or mismatched:
-        raise ValueError(f"weights in {where!r} do not fit this model: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}, shape mismatches {mismatched[:5]}. Use the preset/overrides (and "
-                         "model.memory_layers) the checkpoint was trained with.")
+        raise ValueError(
+            f"weights in {where!r} do not fit this model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, shape mismatches {mismatched[:5]}. Use the preset/overrides (and "
+            "model.memory_layers) the checkpoint was trained with."
+        )
     model.load_state_dict(state)
 
 
@@ -140,5 +144,7 @@ def check_base(model: nn.Module, saved: dict[str, torch.Tensor], fingerprint: st
     trained on: otherwise the adapters would be applied to other weights without any error."""
     frozen = {n: p for n, p in model.named_parameters() if n not in saved}
     if fingerprint is not None and weights_fingerprint(frozen) != fingerprint:
-        raise ValueError(f"the frozen weights from {str(base)!r} differ from those this trainable-only checkpoint was "
-                         "trained on; pass the same init_from / base checkpoint.")
+        raise ValueError(
+            f"the frozen weights from {str(base)!r} differ from those this trainable-only checkpoint was "
+            "trained on; pass the same init_from / base checkpoint."
+        )

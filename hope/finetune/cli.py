@@ -29,8 +29,9 @@ class FinetuneCLI(HopeCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
-        parser.add_subclass_arguments(FinetuneMethod, "method", required=False,
-                                      default={"class_path": "hope.finetune.methods.FullFinetune"})
+        parser.add_subclass_arguments(
+            FinetuneMethod, "method", required=False, default={"class_path": "hope.finetune.methods.FullFinetune"}
+        )
         parser.link_arguments("method", "model.method", apply_on="instantiate")
 
 

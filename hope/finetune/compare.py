@@ -90,8 +90,13 @@ def compare(
     from hope.evaluation.retention.harness import format_summary, general_perplexity_set, write_outputs
 
     start, tokenizer = load_for_eval(checkpoint, device="cpu")
-    suite = SyntheticFacts(n_tasks=n_tasks, people_per_task=people_per_task, paraphrases=paraphrases,
-                           test_template=test_template, seed=seed)
+    suite = SyntheticFacts(
+        n_tasks=n_tasks,
+        people_per_task=people_per_task,
+        paraphrases=paraphrases,
+        test_template=test_template,
+        seed=seed,
+    )
     general = general_perplexity_set(general_tokens)
     chosen = default_methods(epochs)
     rows = []
@@ -114,21 +119,40 @@ def compare(
 
 def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
     g, s = report["general"], report["summary"]
-    return {"method": name, "learning_accuracy": s["learning_accuracy"], "average_accuracy": s["average_accuracy"],
-            "forgetting": s["forgetting"], "backward_transfer": s["backward_transfer"], "chance": report["chance"],
-            "general_before": g["before"], "general_after": g["after"], "general_increase": g["relative_drop"],
-            "trainable_params": trained, "seconds": round(seconds, 1)}
+    return {
+        "method": name,
+        "learning_accuracy": s["learning_accuracy"],
+        "average_accuracy": s["average_accuracy"],
+        "forgetting": s["forgetting"],
+        "backward_transfer": s["backward_transfer"],
+        "chance": report["chance"],
+        "general_before": g["before"],
+        "general_after": g["after"],
+        "general_increase": g["relative_drop"],
+        "trainable_params": trained,
+        "seconds": round(seconds, 1),
+    }
 
 
 def table(rows: list[dict], checkpoint: str, suite) -> str:
-    head = ("| method | learned (acc. right after each task) | final avg. acc. | forgetting of facts | BWT | "
-            "general ppl before → after | general ppl increase | trainable params | seconds |\n"
-            "|---|---|---|---|---|---|---|---|---|")
-    lines = [f"| {r['method']} | {r['learning_accuracy']:.3f} | {r['average_accuracy']:.3f} | {r['forgetting']:.3f} | "
-             f"{r['backward_transfer']:+.3f} | {r['general_before']:.2f} → {r['general_after']:.2f} | "
-             f"{r['general_increase']:+.1%} | {r['trainable_params']:,} | {r['seconds']} |" for r in rows]
-    return "\n".join([f"Start: `{checkpoint}`; suite: {suite.name} {suite.config()}; chance "
-                      f"{rows[0]['chance']:.3f}.\n", head, *lines])
+    head = (
+        "| method | learned (acc. right after each task) | final avg. acc. | forgetting of facts | BWT | "
+        "general ppl before → after | general ppl increase | trainable params | seconds |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [
+        f"| {r['method']} | {r['learning_accuracy']:.3f} | {r['average_accuracy']:.3f} | {r['forgetting']:.3f} | "
+        f"{r['backward_transfer']:+.3f} | {r['general_before']:.2f} → {r['general_after']:.2f} | "
+        f"{r['general_increase']:+.1%} | {r['trainable_params']:,} | {r['seconds']} |"
+        for r in rows
+    ]
+    return "\n".join(
+        [
+            f"Start: `{checkpoint}`; suite: {suite.name} {suite.config()}; chance {rows[0]['chance']:.3f}.\n",
+            head,
+            *lines,
+        ]
+    )
 
 
 def draw(rows: list[dict], path: str) -> None:
@@ -141,12 +165,19 @@ def draw(rows: list[dict], path: str) -> None:
         print("[hope] matplotlib is not installed; no plot")
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
-    for ax, key, label in ((axes[0], "general_increase", "general forgetting: relative perplexity increase"),
-                           (axes[1], "forgetting", "forgetting of earlier facts (accuracy)")):
+    for ax, key, label in (
+        (axes[0], "general_increase", "general forgetting: relative perplexity increase"),
+        (axes[1], "forgetting", "forgetting of earlier facts (accuracy)"),
+    ):
         for i, r in enumerate(rows):
             ax.scatter(r[key], r["learning_accuracy"])
-            ax.annotate(r["method"], (r[key], r["learning_accuracy"]), fontsize=8, xytext=(3, 3 + 8 * (i % 2)),
-                        textcoords="offset points")  # alternate heights: methods often share a point
+            ax.annotate(
+                r["method"],
+                (r[key], r["learning_accuracy"]),
+                fontsize=8,
+                xytext=(3, 3 + 8 * (i % 2)),
+                textcoords="offset points",
+            )  # alternate heights: methods often share a point
         if key == "general_increase":
             ax.set_xscale("symlog", linthresh=0.1)  # from +0% (no update) to +1000% (full finetuning)
         ax.axhline(rows[0]["chance"], color="grey", linestyle="--", linewidth=1)

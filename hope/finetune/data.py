@@ -25,8 +25,12 @@ def pack_blocks(stream: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Te
     return tokens[:-1].view(n, seq_len), labels.view(n, seq_len)
 
 
-def text_blocks(texts: list[str], tokenizer: Tokenizer, seq_len: int, seed: int | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def text_blocks(
+    texts: list[str],
+    tokenizer: Tokenizer,
+    seq_len: int,
+    seed: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``texts`` packed as ``[bos] text [eos] ...`` (in an order shuffled by ``seed``, if given) into blocks."""
     encoded = tokenizer.encode_batch(texts, bos=True, eos=True)
     order = list(range(len(encoded)))
@@ -35,8 +39,9 @@ def text_blocks(texts: list[str], tokenizer: Tokenizer, seq_len: int, seed: int 
     return pack_blocks([t for i in order for t in encoded[i]], seq_len)
 
 
-def source_blocks(source: str, tokenizer: Tokenizer, seq_len: int, n_blocks: int, split: str = "train",
-                  max_documents: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def source_blocks(
+    source: str, tokenizer: Tokenizer, seq_len: int, n_blocks: int, split: str = "train", max_documents: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n_blocks`` blocks of (at most ``max_documents`` documents of) a data source's ``split``.
 
     ``source`` is any ``data.source`` spec (``default``, a file or folder, a hub dataset). The default corpus's
@@ -51,8 +56,10 @@ def source_blocks(source: str, tokenizer: Tokenizer, seq_len: int, n_blocks: int
             break
     inputs, labels = pack_blocks(stream, seq_len)
     if len(inputs) < n_blocks:
-        raise ValueError(f"{source!r} ({split} split, {max_documents} documents) holds {len(inputs)} blocks of "
-                         f"{seq_len} tokens, fewer than the {n_blocks} asked for; lower the number of blocks.")
+        raise ValueError(
+            f"{source!r} ({split} split, {max_documents} documents) holds {len(inputs)} blocks of "
+            f"{seq_len} tokens, fewer than the {n_blocks} asked for; lower the number of blocks."
+        )
     return inputs[:n_blocks], labels[:n_blocks]
 
 

@@ -71,11 +71,18 @@ class FinetuneLitModule(HopeLitModule):
         self.group_lr = group_lr
         # Plain types only (LightningCLI re-reads them with weights_only=True on --ckpt_path); the method is the
         # top-level `method:` section, which the CLI's resolved config.yaml beside each checkpoint records.
-        self.save_hyperparameters({
-            "preset": preset, "overrides": overrides, "optim": dataclasses.asdict(self.optim), "freeze": freeze,
-            "train_only": train_only, "group_lr": group_lr, "save_weights": save_weights,
-            "memory_layers": dataclasses.asdict(memory_layers) if memory_layers is not None else None,
-        })
+        self.save_hyperparameters(
+            {
+                "preset": preset,
+                "overrides": overrides,
+                "optim": dataclasses.asdict(self.optim),
+                "freeze": freeze,
+                "train_only": train_only,
+                "group_lr": group_lr,
+                "save_weights": save_weights,
+                "memory_layers": dataclasses.asdict(memory_layers) if memory_layers is not None else None,
+            }
+        )
         if init_from is not None:
             init_weights(self.model, init_from, memory_layers)
         elif memory_layers is not None:
@@ -129,16 +136,20 @@ class FinetuneLitModule(HopeLitModule):
             "base_fingerprint": self.base_fingerprint,
             "memory_layers": dataclasses.asdict(self.memory_layers) if self.memory_layers is not None else None,
             "structure": self.method.structure(),
-            "method": {"class_path": f"{type(self.method).__module__}.{type(self.method).__qualname__}",
-                       "config": self.method.config()},
+            "method": {
+                "class_path": f"{type(self.method).__module__}.{type(self.method).__qualname__}",
+                "config": self.method.config(),
+            },
             "method_state": self.method.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("finetune")
         if info is None:
-            raise ValueError("this checkpoint was not written by `hope finetune`; to start from it use "
-                             "--model.init_from, not --ckpt_path.")
+            raise ValueError(
+                "this checkpoint was not written by `hope finetune`; to start from it use "
+                "--model.init_from, not --ckpt_path."
+            )
         if info["save_weights"] == "trainable":
             saved = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
             check_base(self.model, saved, info["base_fingerprint"], self.init_from)

@@ -19,8 +19,13 @@ from hope.finetune.params import param_groups
 from hope.lit.optim import OptimConfig, lr_factor
 
 
-def build_finetune_optimizer(model: nn.Module, method: FinetuneMethod, cfg: OptimConfig, total_steps: int,
-                             group_lr: dict[str, float] | None = None) -> dict:
+def build_finetune_optimizer(
+    model: nn.Module,
+    method: FinetuneMethod,
+    cfg: OptimConfig,
+    total_steps: int,
+    group_lr: dict[str, float] | None = None,
+) -> dict:
     """``configure_optimizers``' return value for a finetune run."""
     groups = param_groups(model, cfg.lr, cfg.weight_decay, method.lr_scales(model), group_lr)
     decay_steps = cfg.decay_steps if cfg.decay_steps is not None else total_steps
@@ -29,7 +34,8 @@ def build_finetune_optimizer(model: nn.Module, method: FinetuneMethod, cfg: Opti
         return {"optimizer": level_optimizer(model, groups, cfg, decay_steps)}
     optimizer = method.make_optimizer(groups, cfg.betas, cfg.eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, decay_steps, cfg.min_lr_ratio))
+        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, decay_steps, cfg.min_lr_ratio)
+    )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -52,9 +58,21 @@ def level_optimizer(model: nn.Module, groups: list[dict], cfg: OptimConfig, deca
                 continue
             spec = {"rule": "adamw", "period": 1, "lr": group["lr"], "level": "base"}
             if level is not None:
-                spec = {"rule": mc.cms_level_rules[level], "period": mc.cms_level_periods[level],
-                        "lr": group["lr"] * mc.cms_level_lr_scale[level], "level": f"level{level + 1}"}
-            split.append({**spec, "params": [group["params"][i] for i in keep],
-                          "names": [group["names"][i] for i in keep], "weight_decay": group["weight_decay"],
-                          "schedule": schedule, "betas": cfg.betas, "eps": cfg.eps})
+                spec = {
+                    "rule": mc.cms_level_rules[level],
+                    "period": mc.cms_level_periods[level],
+                    "lr": group["lr"] * mc.cms_level_lr_scale[level],
+                    "level": f"level{level + 1}",
+                }
+            split.append(
+                {
+                    **spec,
+                    "params": [group["params"][i] for i in keep],
+                    "names": [group["names"][i] for i in keep],
+                    "weight_decay": group["weight_decay"],
+                    "schedule": schedule,
+                    "betas": cfg.betas,
+                    "eps": cfg.eps,
+                }
+            )
     return LevelOptimizer(split)

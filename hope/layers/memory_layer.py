@@ -66,8 +66,9 @@ class MemoryLayerConfig:
 class ProductKeyMemory(nn.Module):
     """Drop-in replacement of an MLP: ``[B, T, dim] -> [B, T, dim]`` (see the module docstring)."""
 
-    def __init__(self, dim: int, n_keys: int = 64, heads: int = 4, k: int = 8, key_dim: int = 64,
-                 value_dim: int | None = None) -> None:
+    def __init__(
+        self, dim: int, n_keys: int = 64, heads: int = 4, k: int = 8, key_dim: int = 64, value_dim: int | None = None
+    ) -> None:
         super().__init__()
         self.n_keys, self.heads, self.k, self.key_dim = n_keys, heads, k, key_dim
         self.n_slots = n_keys * n_keys
@@ -116,8 +117,9 @@ class ProductKeyMemory(nn.Module):
             table = table * mask + table.detach() - (table * mask).detach()  # SMF's masking trick
             self.last_mask = mask.squeeze(1).bool()
         B, T = x.shape[:2]
-        y = F.embedding_bag(slots.reshape(B * T, -1), table, per_sample_weights=weights.reshape(B * T, -1),
-                            mode="sum").view(B, T, -1)  # sums over heads and the k slots each
+        y = F.embedding_bag(
+            slots.reshape(B * T, -1), table, per_sample_weights=weights.reshape(B * T, -1), mode="sum"
+        ).view(B, T, -1)  # sums over heads and the k slots each
         return self.down(y * F.silu(self.gate(x)))
 
     # -- SMF slot ranking ---------------------------------------------------------------------------------------------
@@ -153,8 +155,9 @@ def swap_mlp_for_memory(model: nn.Module, config: MemoryLayerConfig) -> list[str
             raise ValueError(f"block {b} ({type(block).__name__}) has no `mlp` to replace with a memory layer.")
         if not isinstance(block.mlp, ProductKeyMemory):
             device = next(block.parameters()).device
-            block.mlp = ProductKeyMemory(model.config.n_embd, config.n_keys, config.heads, config.k, config.key_dim,
-                                         config.value_dim).to(device)
+            block.mlp = ProductKeyMemory(
+                model.config.n_embd, config.n_keys, config.heads, config.k, config.key_dim, config.value_dim
+            ).to(device)
         names.append(f"blocks.{b % len(model.blocks)}.mlp")
     return names
 

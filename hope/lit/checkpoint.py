@@ -144,8 +144,11 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
             state[alias] = state[name]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in own.items() if k in state and state[k].shape != v.shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or mismatched:
         raise ValueError(
             f"weights in {str(path)!r} do not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "

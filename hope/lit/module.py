@@ -26,8 +26,9 @@ from hope.model import HopeLM
 
 def next_token_loss(logits_BTV: torch.Tensor, labels_BT: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross entropy in float32 over the (padded) vocabulary; label -100 is ignored."""
-    return F.cross_entropy(logits_BTV.flatten(0, 1).float(), labels_BT.flatten(), ignore_index=-100,
-                           reduction=reduction)
+    return F.cross_entropy(
+        logits_BTV.flatten(0, 1).float(), labels_BT.flatten(), ignore_index=-100, reduction=reduction
+    )
 
 
 def _level_groups(optimizer) -> dict[str, list[dict]]:

@@ -16,8 +16,20 @@ from hope.evaluation.retention.tasks import (
 )
 
 __all__ = [
-    "CandidateRanking", "ClassIncremental", "ContinualMethod", "DomainSequence", "EvalContext", "EpochFinetune",
-    "HeldOutPerplexity", "InContext", "QAItem", "SyntheticFacts", "Task", "TaskSuite", "TestSet", "run_retention",
+    "CandidateRanking",
+    "ClassIncremental",
+    "ContinualMethod",
+    "DomainSequence",
+    "EvalContext",
+    "EpochFinetune",
+    "HeldOutPerplexity",
+    "InContext",
+    "QAItem",
+    "SyntheticFacts",
+    "Task",
+    "TaskSuite",
+    "TestSet",
+    "run_retention",
     "write_outputs",
 ]
 

@@ -43,9 +43,17 @@ class ClassIncremental(TaskSuite):
 
     name = "classes"
 
-    def __init__(self, source: str = "clinc150", n_tasks: int = 5, classes_per_task: int = 3,
-                 train_per_class: int = 16, test_per_class: int = 8, text_field: str = "text",
-                 label_field: str = "label", seed: int = 0) -> None:
+    def __init__(
+        self,
+        source: str = "clinc150",
+        n_tasks: int = 5,
+        classes_per_task: int = 3,
+        train_per_class: int = 16,
+        test_per_class: int = 8,
+        text_field: str = "text",
+        label_field: str = "label",
+        seed: int = 0,
+    ) -> None:
         self.source, self.n_tasks, self.classes_per_task = source, n_tasks, classes_per_task
         self.train_per_class, self.test_per_class = train_per_class, test_per_class
         self.text_field, self.label_field, self.seed = text_field, label_field, seed
@@ -55,8 +63,10 @@ class ClassIncremental(TaskSuite):
         classes = sorted(set(train) & set(test))
         needed = self.n_tasks * self.classes_per_task
         if len(classes) < needed:
-            raise ValueError(f"{self.source!r} has {len(classes)} classes with train and test examples; "
-                             f"n_tasks * classes_per_task = {needed}")
+            raise ValueError(
+                f"{self.source!r} has {len(classes)} classes with train and test examples; "
+                f"n_tasks * classes_per_task = {needed}"
+            )
         rng = random.Random(self.seed)
         chosen = rng.sample(classes, needed)
         names = sorted(chosen)  # every task's questions rank all classes of the suite
@@ -66,8 +76,9 @@ class ClassIncremental(TaskSuite):
             lines, items = [], []
             for label in group:
                 lines += [f"{text}\nLabel: {label}" for text in _sample(rng, train[label], self.train_per_class)]
-                items += [QAItem(f"{text}\nLabel:", label, names)
-                          for text in _sample(rng, test[label], self.test_per_class)]
+                items += [
+                    QAItem(f"{text}\nLabel:", label, names) for text in _sample(rng, test[label], self.test_per_class)
+                ]
             rng.shuffle(lines)
             tasks.append(Task(f"classes-{t + 1}", lines, CandidateRanking(items)))
         return tasks

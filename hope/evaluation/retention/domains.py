@@ -41,9 +41,16 @@ class DomainSequence(TaskSuite):
 
     name = "domains"
 
-    def __init__(self, domains: list[str] | None = None, n_tasks: int = 3, train_tokens: int = 16384,
-                 test_tokens: int = 2048, test_fraction: float = 0.2, chunk: int = 128,
-                 max_file_chars: int = 6000) -> None:
+    def __init__(
+        self,
+        domains: list[str] | None = None,
+        n_tasks: int = 3,
+        train_tokens: int = 16384,
+        test_tokens: int = 2048,
+        test_fraction: float = 0.2,
+        chunk: int = 128,
+        max_file_chars: int = 6000,
+    ) -> None:
         if domains is None:
             if not 1 <= n_tasks <= len(DEFAULT_DOMAINS):
                 raise ValueError(f"n_tasks={n_tasks} must be in 1..{len(DEFAULT_DOMAINS)}, or list --suite.domains")
@@ -58,8 +65,11 @@ class DomainSequence(TaskSuite):
         for domain in self.domains:
             if domain not in known:
                 raise ValueError(f"domain {domain!r} is not a package of the default corpus; choose from {known}")
-            paths = [(rel, p) for rel, p in files
-                     if rel.startswith(domain + "/") and not is_validation(rel, GENERAL_VAL_FRACTION)]
+            paths = [
+                (rel, p)
+                for rel, p in files
+                if rel.startswith(domain + "/") and not is_validation(rel, GENERAL_VAL_FRACTION)
+            ]
             test = [p for rel, p in paths if is_validation("domain-test:" + rel, self.test_fraction)]
             test = test or [paths[-1][1]]
             train = [p for _, p in paths if p not in test]

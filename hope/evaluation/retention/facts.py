@@ -23,14 +23,92 @@ from dataclasses import dataclass
 
 from hope.evaluation.retention.tasks import CandidateRanking, QAItem, Task, TaskSuite
 
-_SYLLABLES = ["dra", "vo", "kel", "min", "or", "sa", "tel", "ben", "ri", "ma", "lo", "qua", "zen", "fa", "rud",
-              "ith", "mor", "ka", "vel", "an", "tis", "gro", "pel", "ny", "sol", "bar", "ce", "dun", "ela", "wy"]
-_TOWNS = ["Ostrella", "Varnholm", "Quillmere", "Dastovo", "Brenmoor", "Ketterby", "Lunagrad", "Fennick",
-          "Morrowdale", "Zalvia", "Tirnaven", "Pollux Bay", "Hesketh", "Grauvik", "Sablemont", "Ivelle"]
-_OCCUPATIONS = ["baker", "pilot", "sculptor", "chemist", "carpenter", "violinist", "farmer", "lawyer", "astronomer",
-                "tailor", "nurse", "librarian", "fisherman", "architect", "jeweller", "surgeon"]
-_COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "grey", "pink", "brown",
-            "silver", "gold", "teal", "violet", "crimson"]
+_SYLLABLES = [
+    "dra",
+    "vo",
+    "kel",
+    "min",
+    "or",
+    "sa",
+    "tel",
+    "ben",
+    "ri",
+    "ma",
+    "lo",
+    "qua",
+    "zen",
+    "fa",
+    "rud",
+    "ith",
+    "mor",
+    "ka",
+    "vel",
+    "an",
+    "tis",
+    "gro",
+    "pel",
+    "ny",
+    "sol",
+    "bar",
+    "ce",
+    "dun",
+    "ela",
+    "wy",
+]
+_TOWNS = [
+    "Ostrella",
+    "Varnholm",
+    "Quillmere",
+    "Dastovo",
+    "Brenmoor",
+    "Ketterby",
+    "Lunagrad",
+    "Fennick",
+    "Morrowdale",
+    "Zalvia",
+    "Tirnaven",
+    "Pollux Bay",
+    "Hesketh",
+    "Grauvik",
+    "Sablemont",
+    "Ivelle",
+]
+_OCCUPATIONS = [
+    "baker",
+    "pilot",
+    "sculptor",
+    "chemist",
+    "carpenter",
+    "violinist",
+    "farmer",
+    "lawyer",
+    "astronomer",
+    "tailor",
+    "nurse",
+    "librarian",
+    "fisherman",
+    "architect",
+    "jeweller",
+    "surgeon",
+]
+_COLOURS = [
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "purple",
+    "orange",
+    "black",
+    "white",
+    "grey",
+    "pink",
+    "brown",
+    "silver",
+    "gold",
+    "teal",
+    "violet",
+    "crimson",
+]
 _YEARS = [str(y) for y in range(1702, 1999, 19)]
 
 
@@ -44,22 +122,50 @@ class Relation:
 
 
 RELATIONS = [
-    Relation("birthplace", _TOWNS,
-             ["{e} was born in {v}.", "{v} is the hometown of {e}.", "{e} grew up in {v}, the town of their birth.",
-              "People in {v} remember the day {e} was born there."],
-             "The birthplace of {e} is"),
-    Relation("birth_year", _YEARS,
-             ["{e} was born in the year {v}.", "The year {v} saw the birth of {e}.", "{e}, born in {v}, grew up fast.",
-              "In {v}, {e} came into the world."],
-             "The year of birth of {e} is"),
-    Relation("occupation", _OCCUPATIONS,
-             ["{e} works as a {v}.", "By trade, {e} is a {v}.", "{e} earns a living as a {v}.",
-              "Everyone knows {e} as the local {v}."],
-             "The occupation of {e} is"),
-    Relation("favourite_colour", _COLOURS,
-             ["{e} loves the colour {v}.", "The favourite colour of {e}? It is {v}.", "{e} always wears {v}.",
-              "Ask {e} and you will hear that {v} is the best colour."],
-             "The colour that {e} likes best is"),
+    Relation(
+        "birthplace",
+        _TOWNS,
+        [
+            "{e} was born in {v}.",
+            "{v} is the hometown of {e}.",
+            "{e} grew up in {v}, the town of their birth.",
+            "People in {v} remember the day {e} was born there.",
+        ],
+        "The birthplace of {e} is",
+    ),
+    Relation(
+        "birth_year",
+        _YEARS,
+        [
+            "{e} was born in the year {v}.",
+            "The year {v} saw the birth of {e}.",
+            "{e}, born in {v}, grew up fast.",
+            "In {v}, {e} came into the world.",
+        ],
+        "The year of birth of {e} is",
+    ),
+    Relation(
+        "occupation",
+        _OCCUPATIONS,
+        [
+            "{e} works as a {v}.",
+            "By trade, {e} is a {v}.",
+            "{e} earns a living as a {v}.",
+            "Everyone knows {e} as the local {v}.",
+        ],
+        "The occupation of {e} is",
+    ),
+    Relation(
+        "favourite_colour",
+        _COLOURS,
+        [
+            "{e} loves the colour {v}.",
+            "The favourite colour of {e}? It is {v}.",
+            "{e} always wears {v}.",
+            "Ask {e} and you will hear that {v} is the best colour.",
+        ],
+        "The colour that {e} likes best is",
+    ),
 ]
 
 
@@ -78,8 +184,15 @@ class SyntheticFacts(TaskSuite):
 
     name = "facts"
 
-    def __init__(self, n_tasks: int = 3, people_per_task: int = 6, paraphrases: int = 3, n_candidates: int = 8,
-                 test_template: str = "heldout", seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_tasks: int = 3,
+        people_per_task: int = 6,
+        paraphrases: int = 3,
+        n_candidates: int = 8,
+        test_template: str = "heldout",
+        seed: int = 0,
+    ) -> None:
         if not 1 <= paraphrases <= 4:
             raise ValueError(f"paraphrases={paraphrases} must be in 1..4 (training templates per relation)")
         if not 2 <= n_candidates <= min(len(r.values) for r in RELATIONS):

@@ -56,15 +56,21 @@ def run_retention(
     method.setup(model, tokenizer)
 
     def general_score() -> float | None:
-        return None if general is None else general.evaluate(model, tokenizer, method.eval_context(model, None,
-                                                                                                   tokenizer))
+        return (
+            None if general is None else general.evaluate(model, tokenizer, method.eval_context(model, None, tokenizer))
+        )
 
     rows, general_scores, stats = [evaluate_row(model, tokenizer, method, tasks)], [general_score()], []
     _log_row(writer, 0, names, metric, rows[0], general_scores[0], general)
     for i, task in enumerate(tqdm(tasks, desc=f"retention ({method.name})", disable=not progress)):
         learn_started = time.perf_counter()
-        stats.append({"task": task.name, **(method.learn(model, task, tokenizer) or {}),
-                      "seconds": round(time.perf_counter() - learn_started, 3)})
+        stats.append(
+            {
+                "task": task.name,
+                **(method.learn(model, task, tokenizer) or {}),
+                "seconds": round(time.perf_counter() - learn_started, 3),
+            }
+        )
         rows.append(evaluate_row(model, tokenizer, method, tasks))
         general_scores.append(general_score())
         _log_row(writer, i + 1, names, metric, rows[-1], general_scores[-1], general, stats[-1])
@@ -136,14 +142,18 @@ def format_summary(report: dict) -> str:
     """A few lines for the terminal: the matrix and the summary."""
     names, metric = report["task_names"], report["metric"]
     width = max(12, *(len(n) + 2 for n in names))
-    lines = [f"{report['suite']} / {report['method']['name']}: {metric} (rows: after learning; columns: task)",
-             " " * 14 + "".join(n.rjust(width) for n in names)]
+    lines = [
+        f"{report['suite']} / {report['method']['name']}: {metric} (rows: after learning; columns: task)",
+        " " * 14 + "".join(n.rjust(width) for n in names),
+    ]
     for label, row in zip(["initial", *names], report["matrix_with_initial"], strict=True):
         lines.append(f"{label[:13]:<14}" + "".join(f"{v:{width}.4g}" for v in row))
     names_in_metric = {"average_accuracy": f"average {metric}", "learning_accuracy": f"just-learned {metric}"}
     lines.append("  ".join(f"{names_in_metric.get(k, k)} {v:.4g}" for k, v in report["summary"].items()))
     if "general" in report:
         g = report["general"]
-        lines.append(f"general {g['metric']}: {g['before']:.4g} -> {g['after']:.4g} "
-                     f"(relative {'increase' if g['metric'] == 'perplexity' else 'drop'} {g['relative_drop']:+.3f})")
+        lines.append(
+            f"general {g['metric']}: {g['before']:.4g} -> {g['after']:.4g} "
+            f"(relative {'increase' if g['metric'] == 'perplexity' else 'drop'} {g['relative_drop']:+.3f})"
+        )
     return "\n".join(lines)

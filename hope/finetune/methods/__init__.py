@@ -12,6 +12,15 @@ from hope.finetune.methods.replay import Replay
 from hope.finetune.methods.sparse_memory import SparseMemoryFinetune
 
 __all__ = [
-    "CMSLevels", "EWC", "EpochFinetune", "FinetuneMethod", "FullFinetune", "GradualUnfreezing", "LayerwiseLRDecay",
-    "LoRA", "Replay", "SparseMemoryFinetune", "TaskLoop",
+    "CMSLevels",
+    "EWC",
+    "EpochFinetune",
+    "FinetuneMethod",
+    "FullFinetune",
+    "GradualUnfreezing",
+    "LayerwiseLRDecay",
+    "LoRA",
+    "Replay",
+    "SparseMemoryFinetune",
+    "TaskLoop",
 ]

@@ -93,8 +93,9 @@ class FinetuneMethod(ContinualMethod):
         """Multipliers of the peak lr by parameter name (missing: 1)."""
         return {}
 
-    def make_optimizer(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.95),
-                       eps: float = 1e-8) -> torch.optim.Optimizer:
+    def make_optimizer(
+        self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
+    ) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, betas=betas, eps=eps)
 
     def structure(self) -> dict:
@@ -171,5 +172,8 @@ class FinetuneMethod(ContinualMethod):
         return {"steps": float(step), "loss_first": losses[0], "loss_last": losses[-1], **stats}
 
     def config(self) -> dict:
-        return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-                for k, v in vars(self).items() if not k.startswith("_")}
+        return {
+            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            for k, v in vars(self).items()
+            if not k.startswith("_")
+        }

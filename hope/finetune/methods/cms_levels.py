@@ -32,8 +32,14 @@ class CMSLevels(FinetuneMethod):
 
     name = "cms_levels"
 
-    def __init__(self, levels: list[int], blocks: list[int] | None = None, also: list[str] | None = None,
-                 pattern: str = "blocks.{block}.cms.levels.{level}.*", loop: TaskLoop | None = None) -> None:
+    def __init__(
+        self,
+        levels: list[int],
+        blocks: list[int] | None = None,
+        also: list[str] | None = None,
+        pattern: str = "blocks.{block}.cms.levels.{level}.*",
+        loop: TaskLoop | None = None,
+    ) -> None:
         super().__init__(loop)
         if not levels:
             raise ValueError("CMSLevels needs at least one level to train.")
@@ -45,8 +51,10 @@ class CMSLevels(FinetuneMethod):
         names = [n for n, _ in model.named_parameters()]
         if not any(matches_any(n, self._patterns[: len(self._patterns) - len(self.also)]) for n in names):
             family = getattr(getattr(model, "config", None), "family", "?")
-            raise ValueError(f"CMSLevels: no parameter matches {self._patterns}; this model (family {family!r}) has "
-                             "no CMS levels under that name. Use a HOPE-family model, or set `pattern`.")
+            raise ValueError(
+                f"CMSLevels: no parameter matches {self._patterns}; this model (family {family!r}) has "
+                "no CMS levels under that name. Use a HOPE-family model, or set `pattern`."
+            )
 
     def trains(self, name: str) -> bool:
         return matches_any(name, self._patterns)

@@ -22,8 +22,9 @@ from hope.finetune.methods.base import FinetuneMethod, TaskLoop
 from hope.tokenizer import Tokenizer
 
 
-def diagonal_fisher(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
-                    batch_size: int = 1) -> dict[str, torch.Tensor]:
+def diagonal_fisher(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1
+) -> dict[str, torch.Tensor]:
     """Mean over batches of the squared gradient of the batch's next-token loss, for every trainable parameter."""
     from hope.lit.module import next_token_loss
 
@@ -60,8 +61,15 @@ class EWC(FinetuneMethod):
 
     name = "ewc"
 
-    def __init__(self, lam: float = 100.0, gamma: float = 1.0, fisher_blocks: int = 32, fisher_batch_size: int = 1,
-                 fisher_source: str | None = None, loop: TaskLoop | None = None) -> None:
+    def __init__(
+        self,
+        lam: float = 100.0,
+        gamma: float = 1.0,
+        fisher_blocks: int = 32,
+        fisher_batch_size: int = 1,
+        fisher_source: str | None = None,
+        loop: TaskLoop | None = None,
+    ) -> None:
         super().__init__(loop)
         if lam < 0 or not 0 <= gamma <= 1:
             raise ValueError(f"EWC needs lam >= 0 and 0 <= gamma <= 1 (got lam={lam}, gamma={gamma}).")
@@ -73,8 +81,7 @@ class EWC(FinetuneMethod):
 
     def consolidate(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Add the Fisher of ``inputs`` to the accumulated one and move the anchor to the current weights."""
-        new = diagonal_fisher(model, inputs[: self.fisher_blocks], labels[: self.fisher_blocks],
-                              self.fisher_batch_size)
+        new = diagonal_fisher(model, inputs[: self.fisher_blocks], labels[: self.fisher_blocks], self.fisher_batch_size)
         for name, f in new.items():
             self._fisher[name] = self.gamma * self._fisher[name] + f if name in self._fisher else f
         self._anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in self._fisher}
@@ -86,8 +93,10 @@ class EWC(FinetuneMethod):
 
     def check_finetune(self) -> None:
         if not self._fisher:
-            raise ValueError("EWC in `hope finetune` needs the data the starting checkpoint must not forget: set "
-                             "method.init_args.fisher_source (e.g. `default`, or the earlier task's data).")
+            raise ValueError(
+                "EWC in `hope finetune` needs the data the starting checkpoint must not forget: set "
+                "method.init_args.fisher_source (e.g. `default`, or the earlier task's data)."
+            )
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         if not self._fisher:

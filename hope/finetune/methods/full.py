@@ -37,9 +37,16 @@ class EpochFinetune(FullFinetune):
 
     name = "finetune"
 
-    def __init__(self, lr: float = TaskLoop.lr, epochs: int = TaskLoop.epochs, batch_size: int = TaskLoop.batch_size,
-                 seq_len: int = TaskLoop.seq_len, weight_decay: float = TaskLoop.weight_decay,
-                 grad_clip: float = TaskLoop.grad_clip, seed: int = TaskLoop.seed) -> None:
+    def __init__(
+        self,
+        lr: float = TaskLoop.lr,
+        epochs: int = TaskLoop.epochs,
+        batch_size: int = TaskLoop.batch_size,
+        seq_len: int = TaskLoop.seq_len,
+        weight_decay: float = TaskLoop.weight_decay,
+        grad_clip: float = TaskLoop.grad_clip,
+        seed: int = TaskLoop.seed,
+    ) -> None:
         super().__init__(TaskLoop(lr, epochs, batch_size, seq_len, weight_decay, grad_clip, seed))
 
     def config(self) -> dict:

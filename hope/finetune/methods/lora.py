@@ -118,8 +118,15 @@ class LoRA(FinetuneMethod):
 
     name = "lora"
 
-    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, targets: list[str] | None = None,
-                 merge_after_task: bool = False, loop: TaskLoop | None = None) -> None:
+    def __init__(
+        self,
+        rank: int = 8,
+        alpha: float = 16.0,
+        dropout: float = 0.0,
+        targets: list[str] | None = None,
+        merge_after_task: bool = False,
+        loop: TaskLoop | None = None,
+    ) -> None:
         super().__init__(loop)
         if rank < 1:
             raise ValueError(f"LoRA rank={rank} must be >= 1.")

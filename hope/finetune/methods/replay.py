@@ -42,13 +42,23 @@ class Replay(FinetuneMethod):
 
     name = "replay"
 
-    def __init__(self, buffer_ratio: float = 0.25, general_ratio: float = 0.0, buffer_size: int = 256,
-                 general_source: str = "default", general_blocks: int = 128, replay_sources: list[str] | None = None,
-                 seed: int = 0, loop: TaskLoop | None = None) -> None:
+    def __init__(
+        self,
+        buffer_ratio: float = 0.25,
+        general_ratio: float = 0.0,
+        buffer_size: int = 256,
+        general_source: str = "default",
+        general_blocks: int = 128,
+        replay_sources: list[str] | None = None,
+        seed: int = 0,
+        loop: TaskLoop | None = None,
+    ) -> None:
         super().__init__(loop)
         if buffer_ratio < 0 or general_ratio < 0 or buffer_ratio + general_ratio >= 1:
-            raise ValueError(f"Replay needs buffer_ratio, general_ratio >= 0 with a sum < 1 (got {buffer_ratio} + "
-                             f"{general_ratio}): the rest of each batch is the task's.")
+            raise ValueError(
+                f"Replay needs buffer_ratio, general_ratio >= 0 with a sum < 1 (got {buffer_ratio} + "
+                f"{general_ratio}): the rest of each batch is the task's."
+            )
         self.buffer_ratio, self.general_ratio = buffer_ratio, general_ratio
         self.buffer_size, self.general_source, self.general_blocks = buffer_size, general_source, general_blocks
         self.replay_sources, self.seed = replay_sources, seed
@@ -69,8 +79,10 @@ class Replay(FinetuneMethod):
 
     def check_finetune(self) -> None:
         if self.buffer_ratio > 0 and self._buffer is None:
-            raise ValueError("Replay with buffer_ratio > 0 in `hope finetune` needs earlier tasks' data: set "
-                             "method.init_args.replay_sources (or buffer_ratio 0 with general_ratio > 0).")
+            raise ValueError(
+                "Replay with buffer_ratio > 0 in `hope finetune` needs earlier tasks' data: set "
+                "method.init_args.replay_sources (or buffer_ratio 0 with general_ratio > 0)."
+            )
 
     def end_task(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Reservoir sampling: every sequence seen so far is in the buffer with the same probability."""
@@ -96,14 +108,18 @@ class Replay(FinetuneMethod):
         before, self._task_rows = self._task_rows, self._task_rows + len(batch["input_ids"])
         gen = torch.Generator().manual_seed(random.Random(f"{self.seed}/{self._tasks_learned}/{step}").randrange(2**31))
         inputs, labels = [batch["input_ids"]], [batch["labels"]]
-        for pool_name, pool, ratio in (("buffer", self._buffer, self.buffer_ratio),
-                                       ("general", self._general, self.general_ratio)):
+        for pool_name, pool, ratio in (
+            ("buffer", self._buffer, self.buffer_ratio),
+            ("general", self._general, self.general_ratio),
+        ):
             n = self._rows(ratio, before, self._task_rows)
             if pool is None or n == 0:
                 continue
             if pool[0].shape[1] != batch["input_ids"].shape[1]:
-                raise ValueError(f"replay {pool_name} sequences have {pool[0].shape[1]} tokens, the batch "
-                                 f"{batch['input_ids'].shape[1]}; use one seq_len.")
+                raise ValueError(
+                    f"replay {pool_name} sequences have {pool[0].shape[1]} tokens, the batch "
+                    f"{batch['input_ids'].shape[1]}; use one seq_len."
+                )
             rows = torch.randint(len(pool[0]), (n,), generator=gen)
             inputs.append(pool[0][rows].to(batch["input_ids"].device))
             labels.append(pool[1][rows].to(batch["labels"].device))
@@ -117,8 +133,13 @@ class Replay(FinetuneMethod):
     # -- state -----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         buffer = {} if self._buffer is None else {"buffer_inputs": self._buffer[0], "buffer_labels": self._buffer[1]}
-        return {**super().state_dict(), **buffer, "task_rows": self._task_rows, "seen": self._seen,
-                "replayed": dict(self._replayed)}
+        return {
+            **super().state_dict(),
+            **buffer,
+            "task_rows": self._task_rows,
+            "seen": self._seen,
+            "replayed": dict(self._replayed),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

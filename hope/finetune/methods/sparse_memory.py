@@ -39,12 +39,20 @@ class SparseMemoryFinetune(FinetuneMethod):
 
     name = "sparse_memory"
 
-    def __init__(self, top_t: int = 500, ranking: str = "tfidf", background_source: str = "default",
-                 background_batches: int = 100, background_batch_size: int = 8, loop: TaskLoop | None = None) -> None:
+    def __init__(
+        self,
+        top_t: int = 500,
+        ranking: str = "tfidf",
+        background_source: str = "default",
+        background_batches: int = 100,
+        background_batch_size: int = 8,
+        loop: TaskLoop | None = None,
+    ) -> None:
         super().__init__(loop)
         if top_t < 1 or ranking not in RANKINGS:
-            raise ValueError(f"SparseMemoryFinetune needs top_t >= 1 and ranking in {RANKINGS} "
-                             f"(got {top_t}, {ranking!r}).")
+            raise ValueError(
+                f"SparseMemoryFinetune needs top_t >= 1 and ranking in {RANKINGS} (got {top_t}, {ranking!r})."
+            )
         self.top_t, self.ranking = top_t, ranking
         self.background_source, self.background_batches = background_source, background_batches
         self.background_batch_size = background_batch_size
@@ -54,8 +62,10 @@ class SparseMemoryFinetune(FinetuneMethod):
     def prepare(self, model: nn.Module) -> None:
         found = memory_layers(model)
         if not found:
-            raise ValueError("SparseMemoryFinetune needs a model with a product-key memory layer: set "
-                             "model.memory_layers.blocks (e.g. [2]) and start from a checkpoint that trained it.")
+            raise ValueError(
+                "SparseMemoryFinetune needs a model with a product-key memory layer: set "
+                "model.memory_layers.blocks (e.g. [2]) and start from a checkpoint that trained it."
+            )
         self._layers = [layer for _, layer in found]
         self._values = {f"{name}.values.weight" for name, _ in found}
         for layer in self._layers:
@@ -64,16 +74,18 @@ class SparseMemoryFinetune(FinetuneMethod):
     def trains(self, name: str) -> bool:
         return name in self._values
 
-    def make_optimizer(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.95),
-                       eps: float = 1e-8) -> torch.optim.Optimizer:
+    def make_optimizer(
+        self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
+    ) -> torch.optim.Optimizer:
         # weight decay would shrink every slot, selected or not: SMF's SGD has none
         return torch.optim.SGD([{**g, "weight_decay": 0.0} for g in groups], lr=groups[0]["lr"])
 
     def setup_data(self, model: nn.Module, tokenizer: Tokenizer, seq_len: int) -> None:
         if self.ranking != "tfidf" or all(int(layer.background_batches) > 0 for layer in self._layers):
             return  # TF needs no background; or it came with the checkpoint
-        inputs, _ = source_blocks(self.background_source, tokenizer, seq_len,
-                                  self.background_batches * self.background_batch_size)
+        inputs, _ = source_blocks(
+            self.background_source, tokenizer, seq_len, self.background_batches * self.background_batch_size
+        )
         record_background(model, inputs.split(self.background_batch_size))
 
     def step_stats(self) -> dict[str, float]:

@@ -111,8 +111,9 @@ class MACBlock(TitansBlock):
         keys = torch.cat([state.keys, new_keys], dim=3)  # [B, H, 2, seen + n, D]
         values = torch.cat([state.values, torch.stack([v_mem, v], dim=2)], dim=3)
         key_positions = torch.arange(seen + n, device=x_BTC.device).repeat(2)  # h_j and S_j both sit at j
-        y = self.attn.attend(q, positions, keys.flatten(2, 3), values.flatten(2, 3), key_positions,
-                             self.persistent)  # Eqs. 22-23
+        y = self.attn.attend(
+            q, positions, keys.flatten(2, 3), values.flatten(2, 3), key_positions, self.persistent
+        )  # Eqs. 22-23
 
         m, memory = self.memory(y, state.memory)  # Eqs. 24-25: write M_t = M_{t-1}(y), read M*(y) chunk-causally
         if seen + n == self.segment_len:  # segment complete: the next one starts empty
