@@ -50,7 +50,11 @@ def fingerprint(name: str, seq_len: int) -> dict:
         whole, _ = model(idx)
         first, state = model(idx[:, :split])
         second, _ = model(idx[:, split:], state)
-    out = {"params": model.num_parameters(), "forward": digest(whole), "streamed": digest(torch.cat([first, second], 1))}
+    out = {
+        "params": model.num_parameters(),
+        "forward": digest(whole),
+        "streamed": digest(torch.cat([first, second], 1)),
+    }
     out["sample"] = [float(v) for v in whole[0, -1, :4]]
     if config.family in ("hope", "hope-attention"):
         logits, _ = TestTimeLearner(model).step(idx)
@@ -79,13 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = fingerprint(name, args.seq_len)
         verdict = ""
         if name in reference:
-            same = {k: results[name][k] == reference[name].get(k) for k in ("forward", "streamed", "ttl")
-                    if k in results[name] or k in reference[name]}
+            same = {
+                k: results[name][k] == reference[name].get(k)
+                for k in ("forward", "streamed", "ttl")
+                if k in results[name] or k in reference[name]
+            }
             verdict = "identical" if all(same.values()) else f"CHANGED {[k for k, v in same.items() if not v]}"
             if not all(same.values()):
                 changed.append(name)
-        print(f"{name}: {results[name]['params'] / 1e6:.1f}M params, {time.perf_counter() - start:.1f} s {verdict}",
-              flush=True)
+        print(
+            f"{name}: {results[name]['params'] / 1e6:.1f}M params, {time.perf_counter() - start:.1f} s {verdict}",
+            flush=True,
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
