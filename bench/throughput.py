@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from hope.config import ModelConfig
-from hope.lit.module import next_token_loss
+from hope.loss import next_token_loss
 from hope.model import HopeLM
 
 

@@ -27,7 +27,7 @@ import torch
 
 from hope.layers.cms import ContinuumMemory
 from hope.layers.hope_block import HopeState
-from hope.lit.module import next_token_loss
+from hope.loss import next_token_loss
 from hope.model import HopeLM
 
 __all__ = ["TestTimeLearner"]

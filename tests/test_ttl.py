@@ -5,7 +5,7 @@ import torch
 from torch.func import functional_call
 
 from hope.config import ModelConfig
-from hope.lit.module import next_token_loss
+from hope.loss import next_token_loss
 from hope.model import HopeLM
 from hope.ttl import TestTimeLearner
 

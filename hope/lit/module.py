@@ -16,19 +16,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from hope.config import HOPE_FAMILIES, ModelConfig
 from hope.lit.checkpoint import load_model_weights
 from hope.lit.optim import OptimConfig, build_level_optimizer, build_optimizer
+from hope.loss import next_token_loss
 from hope.model import HopeLM
-
-
-def next_token_loss(logits_BTV: torch.Tensor, labels_BT: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross entropy in float32 over the (padded) vocabulary; label -100 is ignored."""
-    return F.cross_entropy(
-        logits_BTV.flatten(0, 1).float(), labels_BT.flatten(), ignore_index=-100, reduction=reduction
-    )
 
 
 def _level_groups(optimizer) -> dict[str, list[dict]]:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_params", type=float, default=float("inf"), help="skip larger presets")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    reference = json.loads(open(args.check).read()) if args.check else {}
+    reference = json.loads(Path(args.check).read_text()) if args.check else {}
     names = args.presets or (sorted(reference) if reference else sorted(PRESETS))
     results, changed = {}, []
     for name in names:

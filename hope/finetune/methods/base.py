@@ -32,6 +32,7 @@ from hope.evaluation.retention.tasks import Task
 from hope.finetune.data import batches, text_blocks
 from hope.finetune.params import configure_trainable
 from hope.lit.optim import OptimConfig
+from hope.loss import next_token_loss
 from hope.tokenizer import Tokenizer
 
 
@@ -60,8 +61,6 @@ class TaskLoop:
 
 def step_loss(method: FinetuneMethod, model: nn.Module, batch: dict[str, torch.Tensor]):
     """``(loss to backpropagate, next-token loss, penalty or None)`` of one batch."""
-    from hope.lit.module import next_token_loss
-
     logits, _ = model(batch["input_ids"])
     lm_loss = next_token_loss(logits, batch["labels"])
     penalty = method.penalty(model)

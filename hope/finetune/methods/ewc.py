@@ -19,6 +19,7 @@ from torch import nn
 
 from hope.finetune.data import batches, source_blocks
 from hope.finetune.methods.base import FinetuneMethod, TaskLoop
+from hope.loss import next_token_loss
 from hope.tokenizer import Tokenizer
 
 
@@ -26,8 +27,6 @@ def diagonal_fisher(
     model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1
 ) -> dict[str, torch.Tensor]:
     """Mean over batches of the squared gradient of the batch's next-token loss, for every trainable parameter."""
-    from hope.lit.module import next_token_loss
-
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     device = next(model.parameters()).device
