@@ -146,11 +146,12 @@ class BagOfTokens(torch.nn.Module):
 
 def test_candidate_ranking_uses_the_context():
     model, tok = BagOfTokens(), Tokenizer.default()
-    test = CandidateRanking([QAItem("The code word is", "alpha", ["sigma", "alpha"])])
+    # one-token candidates: without context both get the same log-probability at the same position, an exact tie
+    test = CandidateRanking([QAItem("The code word is", "delta", ["value", "delta"])])
     assert test.evaluate(model, tok, EvalContext()) == 0.0  # a tie: the first candidate wins
     assert test.chance == 0.5
-    assert test.evaluate(model, tok, EvalContext(tok.encode("The code word is alpha.", bos=False))) == 1.0
-    far = tok.encode("The code word is alpha." + " filler" * 200, bos=False)  # the answer falls out of the window
+    assert test.evaluate(model, tok, EvalContext(tok.encode("The code word is delta.", bos=False))) == 1.0
+    far = tok.encode("The code word is delta." + " filler" * 200, bos=False)  # the answer falls out of the window
     assert test.evaluate(model, tok, EvalContext(far)) == 0.0
 
 
