@@ -3,7 +3,7 @@
     hope convert runs/debug/checkpoints/last.ckpt exported/debug
     hope convert runs/big/checkpoints/last.ckpt/ exported/big        # a DeepSpeed checkpoint *directory*
 
-The output loads with ``hope.lit.checkpoint.load_model``, ``hope eval``, and
+The output loads with ``hope.checkpoint.load_model``, ``hope eval``, and
 ``--model.init_from exported/debug/model.safetensors``.
 A DeepSpeed checkpoint (always a directory, sharded by ZeRO) is first consolidated to fp32 with Lightning's
 ``convert_zero_checkpoint_to_fp32_state_dict``, which needs ``deepspeed`` installed but no GPU. Optimizer state is
@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 from safetensors.torch import save_file
 
-from hope.lit.checkpoint import atomic_write_bytes, load_checkpoint_file, tied_aliases
+from hope.checkpoint import atomic_write_bytes, load_checkpoint_file, tied_aliases
 
 
 def _lightning_checkpoint(source: Path, workdir: Path) -> Path:
@@ -30,8 +31,6 @@ def _lightning_checkpoint(source: Path, workdir: Path) -> Path:
         return source
     if not (source / "latest").is_file() and not list(source.glob("*/mp_rank_00_model_states.pt")):
         raise ValueError(f"{str(source)!r} is a directory but not a DeepSpeed checkpoint (no 'latest' file).")
-    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-
     out = workdir / "consolidated.ckpt"
     convert_zero_checkpoint_to_fp32_state_dict(str(source), str(out))
     return out

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from hope.checkpoint import atomic_torch_save, atomic_write_bytes, model_config_from, model_state_dict_from
 from hope.config import ModelConfig
-from hope.lit.checkpoint import atomic_torch_save, atomic_write_bytes, model_config_from, model_state_dict_from
 from hope.model import HopeLM
 
 __all__ = ["stack", "stacked_overrides", "main"]

@@ -7,8 +7,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from hope.cli import build_cli, main
-from hope.lit.checkpoint import load_checkpoint_file
+from hope.checkpoint import load_checkpoint_file
+from hope.cli import main
+from hope.lit.cli import build_cli
 
 DEBUG_YAML = str(Path(__file__).parents[1] / "configs" / "pretrain" / "debug.yaml")
 
@@ -195,7 +196,7 @@ def test_corrupt_checkpoint(tmp_path, text_corpus):
 
 
 def test_load_model_reproduces_training_logits(tmp_path, text_corpus):
-    from hope.lit.checkpoint import load_model
+    from hope.checkpoint import load_model
 
     root = tmp_path / "run"
     main(fit_args(root, text_corpus, steps=3))

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from hope.cli import HopeCLI, build_cli
 from hope.config import ModelConfig
-from hope.data.datamodule import TextDataModule
+from hope.lit.cli import HopeCLI, build_cli
+from hope.lit.datamodule import TextDataModule
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 # `hope fit` configs; configs/finetune/*.yaml are checked by tests/test_finetune_configs.py.

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from hope.checkpoint import load_checkpoint_file, load_model
 from hope.cli import main
-from hope.lit.checkpoint import load_checkpoint_file, load_model
 from tests.test_cli import fit_args
 
 

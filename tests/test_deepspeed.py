@@ -101,8 +101,8 @@ def test_zero2_two_processes_resume_is_exact(ds_env, tmp_path):
     # `hope convert` turns the sharded directory into one safetensors file with the same weights.
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
+    from hope.checkpoint import load_model, model_state_dict_from
     from hope.cli import main
-    from hope.lit.checkpoint import load_model, model_state_dict_from
 
     main(["convert", str(ckpt), str(tmp_path / "export")])
     exported = load_model(tmp_path / "export" / "model.safetensors")

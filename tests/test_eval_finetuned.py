@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from hope.checkpoint import load_checkpoint_file, load_model
 from hope.cli import main
-from hope.evaluation.loading import load_documents, load_for_eval
+from hope.continual.method import EvalContext
+from hope.data.documents import load_documents
+from hope.evaluation.loading import load_for_eval
 from hope.evaluation.perplexity import evaluate_perplexity
-from hope.evaluation.retention import EvalContext, SyntheticFacts
+from hope.evaluation.retention import SyntheticFacts
 from hope.finetune.cli import main as finetune_main
 from hope.layers.memory_layer import memory_layers
-from hope.lit.checkpoint import load_checkpoint_file, load_model
 from hope.tokenizer import Tokenizer
 from tests.test_cli import fit_args
 from tests.test_finetune_cli import MEMORY, ft_args
@@ -23,7 +25,7 @@ from tests.test_finetune_cli import MEMORY, ft_args
 RUNS = {
     "lora": [
         "--method",
-        "hope.finetune.methods.LoRA",
+        "hope.continual.methods.LoRA",
         "--method.rank",
         "2",
         "--model.save_weights",
@@ -126,7 +128,7 @@ def test_retention_command_on_a_memory_layer_checkpoint(finetuned, corpus, tmp_p
             "--suite.people_per_task",
             "1",
             "--method",
-            "hope.finetune.methods.SparseMemoryFinetune",
+            "hope.continual.methods.SparseMemoryFinetune",
             "--method.top_t",
             "4",
             "--method.background_source",

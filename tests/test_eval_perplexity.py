@@ -309,8 +309,8 @@ def test_tokenizer_from_config_and_safetensors(checkpoint, tmp_path):
     missing one is a clear error."""
     from safetensors.torch import save_file
 
+    from hope.checkpoint import load_model
     from hope.evaluation.loading import load_for_eval
-    from hope.lit.checkpoint import load_model
 
     ckpt, _ = checkpoint
     model = load_model(ckpt)

@@ -8,24 +8,20 @@ import yaml
 
 from hope.cli import main
 from hope.config import ModelConfig
+from hope.continual.method import ContinualMethod, EvalContext, Task
+from hope.continual.methods import EpochFinetune, FullFinetune, InContext, TaskLoop
+from hope.data.blocks import pack_blocks
 from hope.evaluation import metrics
 from hope.evaluation.retention import (
     CandidateRanking,
     ClassIncremental,
-    ContinualMethod,
     DomainSequence,
-    EpochFinetune,
-    EvalContext,
-    InContext,
     QAItem,
     SyntheticFacts,
-    Task,
     TaskSuite,
     run_retention,
 )
 from hope.evaluation.retention.domains import GENERAL_VAL_FRACTION
-from hope.finetune.data import pack_blocks
-from hope.finetune.methods import FullFinetune, TaskLoop
 from hope.model import HopeLM
 from hope.tokenizer import Tokenizer
 

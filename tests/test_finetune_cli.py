@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from hope.checkpoint import load_checkpoint_file, load_finetuned, load_model
 from hope.cli import main
-from hope.finetune.checkpoint import load_finetuned
 from hope.finetune.cli import main as finetune_main
 from hope.finetune.module import FinetuneLitModule
-from hope.lit.checkpoint import load_checkpoint_file, load_model
 from tests.test_cli import Recorder, fit_args
 
 FULL_YAML = str(Path(__file__).parents[1] / "configs" / "finetune" / "full.yaml")
@@ -84,10 +83,10 @@ def ft_args(root: Path, corpus: Path, init: Path, *extra: str, steps: int = 2) -
 
 METHODS = {
     "full": ["--model.freeze", '["embed.*"]', "--model.group_lr", '{"head.*": 1.0e-2}'],
-    "lora": ["--method", "hope.finetune.methods.LoRA", "--method.rank", "2", "--model.save_weights", "trainable"],
+    "lora": ["--method", "hope.continual.methods.LoRA", "--method.rank", "2", "--model.save_weights", "trainable"],
     "ewc": [
         "--method",
-        "hope.finetune.methods.EWC",
+        "hope.continual.methods.EWC",
         "--method.fisher_source",
         "{corpus}",
         "--method.fisher_blocks",
@@ -95,7 +94,7 @@ METHODS = {
     ],
     "replay": [
         "--method",
-        "hope.finetune.methods.Replay",
+        "hope.continual.methods.Replay",
         "--method.buffer_ratio",
         "0.25",
         "--method.general_ratio",
@@ -109,13 +108,13 @@ METHODS = {
         "--method.buffer_size",
         "4",
     ],
-    "llrd": ["--method", "hope.finetune.methods.LayerwiseLRDecay", "--method.decay", "0.5"],
-    "gradual": ["--method", "hope.finetune.methods.GradualUnfreezing", "--method.unfreeze_every", "1"],
+    "llrd": ["--method", "hope.continual.methods.LayerwiseLRDecay", "--method.decay", "0.5"],
+    "gradual": ["--method", "hope.continual.methods.GradualUnfreezing", "--method.unfreeze_every", "1"],
     "smf": [
         "--model.memory_layers",
         MEMORY,
         "--method",
-        "hope.finetune.methods.SparseMemoryFinetune",
+        "hope.continual.methods.SparseMemoryFinetune",
         "--method.top_t",
         "4",
         "--method.background_source",
@@ -133,7 +132,7 @@ METHODS = {
         "--model.overrides",
         TINY_HOPE,
         "--method",
-        "hope.finetune.methods.CMSLevels",
+        "hope.continual.methods.CMSLevels",
         "--method.levels",
         "[0]",
     ],
@@ -188,7 +187,7 @@ def test_resume_is_exact_with_method_state_and_trainable_only_checkpoints(tmp_pa
     step 2 replays steps 3-4 with the same batches and losses."""
     extra = [
         "--method",
-        "hope.finetune.methods.EWC",
+        "hope.continual.methods.EWC",
         "--method.fisher_source",
         str(corpus),
         "--method.fisher_blocks",

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 from jsonargparse import Namespace
 
-from hope.cli import build_cli
 from hope.config import ModelConfig
+from hope.continual.methods import FinetuneMethod
 from hope.finetune.cli import FinetuneCLI
-from hope.finetune.methods import FinetuneMethod
+from hope.finetune.module import FinetuneLitModule
 from hope.layers.memory_layer import MemoryLayerConfig
+from hope.lit.cli import build_cli
 
 YAMLS = sorted((Path(__file__).parents[1] / "configs" / "finetune").glob("*.yaml"))
 
@@ -26,7 +27,7 @@ def test_finetune_configs_are_found():
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
 def test_finetune_yaml_validates(path):
-    config = build_cli(["--config", str(path)], run=False, cli_class=ParseOnly).config
+    config = build_cli(["--config", str(path)], run=False, cli_class=ParseOnly, model_class=FinetuneLitModule).config
     model = ModelConfig.from_preset(config.model.preset, **(config.model.overrides or {}))
     assert config.data.seq_len <= model.max_seq_len
     if config.model.memory_layers is not None:

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from hope.config import ModelConfig
-from hope.finetune.methods import FullFinetune
-from hope.finetune.methods.base import step_loss
-from hope.finetune.params import configure_trainable, depth, matches, param_groups
+from hope.continual.finetune import step_loss
+from hope.continual.methods import FullFinetune
+from hope.continual.params import configure_trainable, depth, matches, param_groups
 from hope.model import HopeLM
 
 

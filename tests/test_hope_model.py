@@ -91,7 +91,7 @@ def hope_fit_args(root, corpus, preset, steps=6):
 def test_fit_logs_levels(tmp_path, text_corpus, preset):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from hope.lit.checkpoint import load_checkpoint_file
+    from hope.checkpoint import load_checkpoint_file
     from hope.optim import LevelOptimizer  # noqa: F401  (the optimizer whose state dict is checked)
 
     root = tmp_path / "run"
@@ -115,7 +115,7 @@ def test_fit_logs_levels(tmp_path, text_corpus, preset):
 
 
 def test_levels_step_only_on_their_period(tmp_path, text_corpus):
-    from hope.cli import build_cli
+    from hope.lit.cli import build_cli
 
     cli = build_cli(hope_fit_args(tmp_path / "p", text_corpus, "hope-debug", steps=3)[1:], run=False)
     fast, slow = (cli.model.model.blocks[0].cms.levels[i].mlp.down.weight for i in (0, 2))

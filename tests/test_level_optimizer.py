@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from hope.layers.cms import ContinuumMemory
-from hope.lit.optim import lr_factor
-from hope.optim import DeepMomentum, LevelOptimizer, level_param_groups
+from hope.optim import DeepMomentum, LevelOptimizer, level_param_groups, lr_factor
 
 F64 = torch.float64
 

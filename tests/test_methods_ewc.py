@@ -2,8 +2,8 @@
 
 import torch
 
-from hope.finetune.methods import EWC
-from hope.finetune.methods.ewc import diagonal_fisher
+from hope.continual.methods import EWC
+from hope.continual.methods.ewc import diagonal_fisher
 from tests.test_finetune_params import random_batch, snapshot, tiny_model, train_steps
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hope.config import ModelConfig
-from hope.evaluation.retention import ContinualMethod, SyntheticFacts, Task, run_retention
-from hope.finetune.methods import (
+from hope.continual.method import ContinualMethod, Task
+from hope.continual.methods import (
     EWC,
     FullFinetune,
     GradualUnfreezing,
@@ -16,6 +16,7 @@ from hope.finetune.methods import (
     SparseMemoryFinetune,
     TaskLoop,
 )
+from hope.evaluation.retention import SyntheticFacts, run_retention
 from hope.layers.memory_layer import MemoryLayerConfig, swap_mlp_for_memory
 from hope.model import HopeLM
 from hope.tokenizer import Tokenizer

@@ -2,10 +2,9 @@
 
 import pytest
 
-from hope.finetune.methods import CMSLevels, GradualUnfreezing, LayerwiseLRDecay
-from hope.finetune.optim import build_finetune_optimizer
-from hope.finetune.params import configure_trainable, param_groups
-from hope.lit.optim import OptimConfig
+from hope.continual.methods import CMSLevels, GradualUnfreezing, LayerwiseLRDecay
+from hope.continual.params import configure_trainable, param_groups
+from hope.optim import OptimConfig
 from hope.optim.levels import LevelOptimizer
 from tests.test_finetune_params import changed, snapshot, tiny_model, train_steps
 
@@ -64,7 +63,7 @@ def test_hope_finetuning_keeps_the_cms_level_periods():
     model = tiny_hope()
     configure_trainable(model, freeze=["embed.*"])
     method = LayerwiseLRDecay(decay=0.5)
-    optimizer = build_finetune_optimizer(model, method, OptimConfig(lr=1.0), 100)["optimizer"]
+    optimizer = method.build_optimizer(model, OptimConfig(lr=1.0), 100)["optimizer"]
     assert isinstance(optimizer, LevelOptimizer)
     period_of = {n: g["period"] for g in optimizer.param_groups for n in g["names"]}
     lr_of = {n: g["peak_lr"] for g in optimizer.param_groups for n in g["names"]}

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from hope.finetune.methods import LoRA
-from hope.finetune.methods.lora import LoRALinear, lora_modules, merge_lora, remove_lora, unmerge_lora
-from hope.finetune.params import configure_trainable
+from hope.continual.methods import LoRA
+from hope.continual.params import configure_trainable
+from hope.layers.lora import LoRALinear, lora_modules, merge_lora, remove_lora, unmerge_lora
 from tests.test_finetune_params import changed, random_batch, snapshot, tiny_model, train_steps
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hope.finetune.methods import Replay
+from hope.continual.methods import Replay
 
 
 def pools(method, seq_len=8):

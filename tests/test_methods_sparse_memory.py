@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from hope.finetune.methods import SparseMemoryFinetune
-from hope.finetune.params import configure_trainable
+from hope.continual.methods import SparseMemoryFinetune
+from hope.continual.params import configure_trainable
 from hope.layers.memory_layer import MemoryLayerConfig, ProductKeyMemory, record_background, swap_mlp_for_memory
 from tests.test_finetune_params import changed, random_batch, snapshot, tiny_model, train_steps
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from hope.checkpoint import atomic_torch_save, load_model
 from hope.cli import main
 from hope.config import ModelConfig
-from hope.lit.checkpoint import atomic_torch_save, load_model
 from hope.lit.module import HopeLitModule
 from hope.model import HopeLM
 from hope.ttl import TestTimeLearner

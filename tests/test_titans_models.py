@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 
+from hope.checkpoint import load_checkpoint_file
 from hope.cli import main
 from hope.config import ModelConfig
 from hope.layers.rope import rope_at
 from hope.layers.titans import HybridState, MACState, TitansAttention
-from hope.lit.checkpoint import load_checkpoint_file
 from hope.model import HopeLM
 from tests.test_cli import fit_args
 

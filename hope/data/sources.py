@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from itertools import groupby
 from pathlib import Path
 
+import datasets
+
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -156,8 +158,6 @@ def _default_documents() -> Iterator[Document]:
 
 
 def _local_documents(files: list[Path], text_field: str) -> Iterator[Document]:
-    import datasets  # slow to import, and the default corpus does not need it
-
     index = 0
     # Empty files hold no documents, and datasets' json builder crashes on them (StopIteration).
     files = [p for p in files if p.stat().st_size > 0]
@@ -177,8 +177,6 @@ def _local_documents(files: list[Path], text_field: str) -> Iterator[Document]:
 
 def hub_documents(spec: str, text_field: str = "text", field: str = "data.source") -> Iterator[Document]:
     """Stream the documents of a hub dataset ``name[:config][@split]`` (or of a local dataset folder)."""
-    import datasets
-
     name, config, split = parse_hub_spec(spec)
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=True)

@@ -16,10 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import torch
 from jsonargparse import CLI, lazy_instance
+from torch.utils.tensorboard import SummaryWriter
 
-from hope.evaluation.retention import ContinualMethod, SyntheticFacts, TaskSuite
-from hope.finetune.methods import EpochFinetune  # and every finetune method, so --method takes their class names
+from hope.continual.method import ContinualMethod
+from hope.continual.methods import EpochFinetune  # and every method, so --method takes their class names
+from hope.data.documents import load_documents, resolve_split
+from hope.evaluation.loading import load_for_eval
+from hope.evaluation.perplexity import evaluate_perplexity
+from hope.evaluation.plots import draw_perplexity_by_position, draw_recall, save_figure
+from hope.evaluation.recall import KINDS, evaluate_recall
+from hope.evaluation.retention import SyntheticFacts, TaskSuite
+from hope.evaluation.retention.harness import format_summary, general_perplexity_set, run_retention, write_outputs
 
 # jsonargparse builds these lazily, so each run gets fresh instances configured from the command line.
 DEFAULT_SUITE = lazy_instance(SyntheticFacts)
@@ -71,10 +80,6 @@ def perplexity(
         plot: write the perplexity-by-position PNG here (default: ``out`` with ``.png``).
         progress: show a progress bar.
     """
-    from hope.evaluation.loading import load_documents, load_for_eval, resolve_split
-    from hope.evaluation.perplexity import evaluate_perplexity
-    from hope.evaluation.plots import draw_perplexity_by_position, save_figure
-
     model, tok = load_for_eval(checkpoint, tokenizer, device)
     split = resolve_split(source, split)
     docs = load_documents(source, split, max_documents, val_fraction, text_field)
@@ -127,7 +132,7 @@ def retention(
         suite: the task sequence: ``SyntheticFacts`` (facts about fictional people; accuracy) or
             ``DomainSequence`` (standard-library packages; perplexity), with ``--suite.OPTION value``.
         method: how tasks are learned, with ``--method.OPTION value``: ``EpochFinetune`` (full finetuning, flat
-            options ``--method.lr``, ``epochs``, ...), ``InContext``, a ``hope.finetune.methods`` class by name
+            options ``--method.lr``, ``epochs``, ...), ``InContext``, any ``hope.continual.methods`` class by name
             (``FullFinetune``, ``LoRA``, ``EWC``, ``Replay``, ``SparseMemoryFinetune``, ...; options
             ``--method.loop.lr`` ...), or any ``ContinualMethod`` subclass by import path.
         tokenizer: sentencepiece ``.model``; default: the checkpoint's, else the default tokenizer.
@@ -138,12 +143,6 @@ def retention(
         seed: torch seed (dropout-free models make runs deterministic on CPU anyway).
         progress: show a progress bar.
     """
-    import torch
-    from torch.utils.tensorboard import SummaryWriter
-
-    from hope.evaluation.loading import load_for_eval
-    from hope.evaluation.retention.harness import format_summary, general_perplexity_set, run_retention, write_outputs
-
     torch.manual_seed(seed)
     model, tok = load_for_eval(checkpoint, tokenizer, device)
     general = general_perplexity_set(general_tokens) if general_tokens > 0 else None
@@ -200,10 +199,6 @@ def recall(
         seed: every needle, key and value follows from it.
         progress: show progress bars.
     """
-    from hope.evaluation.loading import load_for_eval
-    from hope.evaluation.plots import draw_recall, save_figure
-    from hope.evaluation.recall import KINDS, evaluate_recall
-
     model, tok = load_for_eval(checkpoint, tokenizer, device)
     report = {"checkpoint": str(checkpoint), "model": model.config.name}
     report.update(

@@ -10,10 +10,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 
-def save_figure(draw: Callable, report: dict, path: str | Path) -> Path | None:
+def save_figure(draw: Callable, report, path: str | Path, figsize: tuple[float, float] = (7, 4.5)) -> Path | None:
     """Run ``draw(fig, report)`` on a new figure and save it as ``path``; ``None`` if matplotlib is missing."""
     try:
         import matplotlib
@@ -23,7 +25,7 @@ def save_figure(draw: Callable, report: dict, path: str | Path) -> Path | None:
     except ImportError:
         log.warning("matplotlib is not installed; skipping %s (pip install matplotlib)", path)
         return None
-    fig = plt.figure(figsize=(7, 4.5), dpi=110)
+    fig = plt.figure(figsize=figsize, dpi=110)
     try:
         draw(fig, report)
         fig.tight_layout()
@@ -66,8 +68,6 @@ def draw_perplexity_by_position(fig, report: dict) -> None:
 
 def draw_matrix(fig, report: dict) -> None:
     """Heatmap of the retention matrix: rows = after learning task i (row 0: before any), columns = task j."""
-    import numpy as np
-
     names = report["task_names"]
     R = np.asarray(report["matrix_with_initial"], dtype=float)
     ax = fig.add_subplot()
@@ -95,8 +95,6 @@ def draw_matrix(fig, report: dict) -> None:
 
 def draw_task_curves(fig, report: dict) -> None:
     """One line per task: its score after each learning step (x = tasks learned so far)."""
-    import numpy as np
-
     names = report["task_names"]
     R = np.asarray(report["matrix_with_initial"], dtype=float)
     ax = fig.add_subplot()

@@ -1,7 +1,3 @@
-"""Finetuning (``hope finetune``) and the continual-learning methods HOPE is compared with.
-
-``module.py`` the LightningModule, ``cli.py`` the command, ``params.py`` freezing and lr groups by name pattern,
-``optim.py`` the run's optimizer (CMS level periods kept for HOPE), ``checkpoint.py`` starting weights and
-trainable-only checkpoints, ``data.py`` token blocks for methods, ``methods/`` one file per method (each also a
-``ContinualMethod`` of the retention harness), ``compare.py`` the comparison on the synthetic facts.
-"""
+"""``hope finetune``: the Lightning side of finetuning. ``module.py`` is the LightningModule (a method, freezing,
+per-group lrs, memory layers, trainable-only checkpoints) and ``cli.py`` the command. The methods themselves, their
+parameter selection and their optimizers live in the core, ``hope.continual``."""

@@ -4,18 +4,18 @@
     hope finetune --config configs/finetune/lora.yaml --ckpt_path last      # resume this finetune run exactly
     hope finetune validate --config configs/finetune/lora.yaml --ckpt_path runs/finetune-lora/checkpoints/last.ckpt
 
-The same CLI as ``hope fit`` (``hope.cli.build_cli``: trainer defaults, checkpoint and progress-bar sections, the
+The same CLI as ``hope fit`` (``hope.lit.cli.build_cli``: trainer defaults, checkpoint and progress-bar sections, the
 resolved config beside every checkpoint) with ``FinetuneLitModule`` as the model and one more section, ``method:``
-(``class_path`` + ``init_args`` of a ``hope.finetune.methods`` class). The subcommand defaults to ``fit``.
+(``class_path`` + ``init_args`` of a ``hope.continual.methods`` class). The subcommand defaults to ``fit``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hope.cli import HopeCLI, build_cli
-from hope.finetune.methods.base import FinetuneMethod
+from hope.continual.finetune import FinetuneMethod
 from hope.finetune.module import FinetuneLitModule
+from hope.lit.cli import HopeCLI, build_cli
 
 SUBCOMMANDS = ("fit", "validate", "test")
 
@@ -23,14 +23,10 @@ SUBCOMMANDS = ("fit", "validate", "test")
 class FinetuneCLI(HopeCLI):
     """``HopeCLI`` over ``FinetuneLitModule``, with the ``method:`` section passed to the model."""
 
-    def __init__(self, model_class, *args, **kwargs) -> None:
-        # build_cli names HopeLitModule; everything else it sets up (defaults, callbacks) is what we want
-        super().__init__(FinetuneLitModule, *args, **kwargs)
-
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_subclass_arguments(
-            FinetuneMethod, "method", required=False, default={"class_path": "hope.finetune.methods.FullFinetune"}
+            FinetuneMethod, "method", required=False, default={"class_path": "hope.continual.methods.FullFinetune"}
         )
         parser.link_arguments("method", "model.method", apply_on="instantiate")
 
@@ -40,4 +36,4 @@ def main(argv: Sequence[str] | None = None, run: bool = True) -> FinetuneCLI:
     args = list(argv or [])
     if not args or args[0] not in SUBCOMMANDS and args[0] not in ("-h", "--help"):
         args = ["fit", *args]
-    return build_cli(args if run else args[1:], run=run, cli_class=FinetuneCLI)
+    return build_cli(args if run else args[1:], run=run, cli_class=FinetuneCLI, model_class=FinetuneLitModule)

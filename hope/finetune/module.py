@@ -16,14 +16,13 @@ from typing import Any
 
 import torch
 
-from hope.finetune.checkpoint import check_base, init_weights, weights_fingerprint
-from hope.finetune.methods.base import FinetuneMethod, step_loss
-from hope.finetune.methods.full import FullFinetune
-from hope.finetune.optim import build_finetune_optimizer
-from hope.finetune.params import configure_trainable
+from hope.checkpoint import check_base, init_weights, weights_fingerprint
+from hope.continual.finetune import FinetuneMethod, step_loss
+from hope.continual.methods.full import FullFinetune
+from hope.continual.params import configure_trainable
 from hope.layers.memory_layer import MemoryLayerConfig, swap_mlp_for_memory
 from hope.lit.module import HopeLitModule
-from hope.lit.optim import OptimConfig
+from hope.optim import OptimConfig
 
 SAVE_WEIGHTS = ("full", "trainable")
 
@@ -38,7 +37,7 @@ class FinetuneLitModule(HopeLitModule):
         init_from: Pretrained weights to start from (``.ckpt`` of ``hope fit``/``hope finetune``, or
             ``.safetensors``): weights only, step and data position start at 0. To continue a finetune run, use
             ``--ckpt_path``; keep ``init_from`` then (a trainable-only checkpoint takes its frozen weights from it).
-        method: Set through the top-level ``method:`` config key (``hope.finetune.methods``); full finetuning if unset.
+        method: Set through the top-level ``method:`` config key (``hope.continual.methods``); full finetuning if unset.
         freeze: Parameter-name patterns that do not train (globs, or regex after ``re:``), e.g. ``[embed.*,
             blocks.0.*]``; CMS levels: ``[blocks.*.cms.levels.0.*]``.
         train_only: If set, only parameters matching one of these patterns train (then ``freeze`` applies).
@@ -117,12 +116,7 @@ class FinetuneLitModule(HopeLitModule):
         super().on_before_optimizer_step(optimizer)
 
     def configure_optimizers(self):
-        total = self.trainer.max_steps
-        if total is None or total < 1:
-            if self.optim.decay_steps is None:
-                raise ValueError("set trainer.max_steps (or model.optim.decay_steps): cosine needs an end.")
-            total = self.optim.decay_steps
-        return build_finetune_optimizer(self.model, self.method, self.optim, total, self.group_lr)
+        return self.method.build_optimizer(self.model, self.optim, self.total_steps(), self.group_lr)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

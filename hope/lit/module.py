@@ -17,11 +17,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from hope.config import HOPE_FAMILIES, ModelConfig
-from hope.lit.checkpoint import load_model_weights
-from hope.lit.optim import OptimConfig, build_level_optimizer, build_optimizer
+from hope.checkpoint import load_model_weights
+from hope.config import ModelConfig
+from hope.lit.datamodule import DataPositionCallback
+from hope.lit.requeue import SlurmRequeue
 from hope.loss import next_token_loss
 from hope.model import HopeLM
+from hope.optim import OptimConfig, pretrain_optimizer
 
 
 def _level_groups(optimizer) -> dict[str, list[dict]]:
@@ -79,9 +81,6 @@ class HopeLitModule(L.LightningModule):
             )
 
     def configure_callbacks(self):
-        from hope.data.datamodule import DataPositionCallback
-        from hope.lit.requeue import SlurmRequeue
-
         return [DataPositionCallback(), SlurmRequeue()]
 
     # -- training ---------------------------------------------------------------------------------------
@@ -118,15 +117,16 @@ class HopeLitModule(L.LightningModule):
             self.log(f"train/{level}/lr", float(groups[0]["lr"]))
 
     def configure_optimizers(self):
+        return pretrain_optimizer(self.model, self.optim, self.total_steps())
+
+    def total_steps(self) -> int:
+        """Optimizer steps the schedule spans: ``trainer.max_steps``, else ``model.optim.decay_steps``."""
         total = self.trainer.max_steps
         if total is None or total < 1:
             if self.optim.decay_steps is None:
                 raise ValueError("set trainer.max_steps (or model.optim.decay_steps): cosine needs an end.")
             total = self.optim.decay_steps
-        if self.config.family in HOPE_FAMILIES:  # CMS levels: one LevelOptimizer, its schedule built in
-            return {"optimizer": build_level_optimizer(self.model, self.optim, total)}
-        optimizer, schedule = build_optimizer(self.model, self.optim, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return total
 
     # -- validation -------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

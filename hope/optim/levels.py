@@ -18,7 +18,7 @@ Lightning and DeepSpeed, which accept one optimizer object, drive every level). 
   dampening), or ``"deep_momentum"`` (DMGD, ``hope.optim.deep_momentum``; ``momentum`` is its retention).
 * ``lr`` and an optional ``schedule``: None (use the group's ``lr`` as is, e.g. driven by an external
   ``LambdaLR``), a callable ``step -> factor``, or a dict ``{warmup_steps, decay_steps, min_lr_ratio}`` for linear
-  warmup then cosine (``hope.lit.optim.lr_factor``). A scheduled group's lr is ``peak_lr * factor(k)`` at its
+  warmup then cosine (``hope.optim.schedule.lr_factor``). A scheduled group's lr is ``peak_lr * factor(k)`` at its
   k-th optimizer step (0-based, as ``LambdaLR``): the schedule runs on the global step, so one warmup/cosine spec
   means the same thing for every level, and ``lr`` shows the current value (for loggers).
 
@@ -39,8 +39,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from hope.lit.optim import lr_factor
 from hope.optim.deep_momentum import deep_momentum_step
+from hope.optim.schedule import lr_factor
 
 __all__ = ["LevelOptimizer", "level_param_groups", "RULES"]
 
@@ -183,7 +183,7 @@ class LevelOptimizer(torch.optim.Optimizer):
 
 
 def _decay_split(params: list, spec: Mapping) -> list[dict]:
-    """Matrices get the spec's weight decay, vectors (norm gains, biases) none (as ``hope.lit.optim``)."""
+    """Matrices get the spec's weight decay, vectors (norm gains, biases) none (as ``weight_decay_groups``)."""
     groups = [
         {**spec, "params": [p for p in params if p.ndim >= 2]},
         {**spec, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},

@@ -18,7 +18,10 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from hope.evaluation.retention.tasks import CandidateRanking, QAItem, Task, TaskSuite
+import datasets
+
+from hope.continual.method import Task
+from hope.evaluation.retention.tasks import CandidateRanking, QAItem, TaskSuite
 
 PRESETS = {  # name -> (hub name, config, text column, label column)
     "clinc150": ("clinc_oos", "plus", "text", "intent"),
@@ -90,8 +93,6 @@ class ClassIncremental(TaskSuite):
         path = Path(self.source).expanduser()
         if not path.is_file():
             raise ValueError(f"source={self.source!r}: not a preset ({sorted(PRESETS)}) and not a file")
-        import datasets
-
         builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
         if builder is None:
             raise ValueError(f"source={self.source!r}: use a .jsonl, .json, .csv or .parquet file")
@@ -108,8 +109,6 @@ class ClassIncremental(TaskSuite):
         return train, test
 
     def _hub_examples(self, name: str, config: str | None, text: str, label: str):
-        import datasets
-
         out = []
         for split in ("train", "test"):
             ds = datasets.load_dataset(name, config, split=split)

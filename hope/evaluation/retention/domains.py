@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import random
 
+from hope.continual.method import Task
 from hope.data.sources import default_corpus_files, is_validation
-from hope.evaluation.retention.tasks import HeldOutPerplexity, Task, TaskSuite
+from hope.evaluation.retention.tasks import HeldOutPerplexity, TaskSuite
 
 DEFAULT_DOMAINS = ("tkinter", "email", "asyncio", "xml", "multiprocessing", "unittest", "ctypes", "importlib")
 GENERAL_VAL_FRACTION = 0.01

@@ -21,7 +21,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from hope.evaluation.retention.tasks import CandidateRanking, QAItem, Task, TaskSuite
+from hope.continual.method import Task
+from hope.evaluation.retention.tasks import CandidateRanking, QAItem, TaskSuite
 
 _SYLLABLES = [
     "dra",

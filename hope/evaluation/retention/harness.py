@@ -17,10 +17,11 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
+from hope.continual.method import ContinualMethod, Task, TestSet
+from hope.data.documents import load_documents
 from hope.evaluation import metrics
-from hope.evaluation.loading import load_documents
-from hope.evaluation.retention.methods import ContinualMethod
-from hope.evaluation.retention.tasks import HeldOutPerplexity, Task, TaskSuite, TestSet
+from hope.evaluation.plots import draw_matrix, draw_task_curves, save_figure
+from hope.evaluation.retention.tasks import HeldOutPerplexity, TaskSuite
 from hope.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,6 @@ def _log_row(writer, step, names, metric, row, general_score, general, stats=Non
 
 def write_outputs(report: dict, out_dir: str | Path) -> dict[str, str]:
     """``retention.json``, ``retention_matrix.png`` and ``retention_curves.png`` in ``out_dir``."""
-    from hope.evaluation.plots import draw_matrix, draw_task_curves, save_figure
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "retention.json"}

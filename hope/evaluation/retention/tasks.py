@@ -1,9 +1,9 @@
-"""Tasks for the sequential-task (continual-learning) harness: training text, a test set, and its metric.
+"""Test sets and task suites for the sequential-task (continual-learning) harness.
 
-A ``Task`` is data: ``name``, ``train`` (texts a method learns from) and ``test`` (a ``TestSet``, which knows its
-metric and evaluates a model). A test set scores the model *as the method presents it*: the method may hand over
-an ``EvalContext`` with tokens to prepend (in-context learning) and/or a recurrent state to start from
-(test-time memory). Two test sets cover the built-in suites:
+A ``Task`` (``hope.continual.method``) is data: ``name``, ``train`` (texts a method learns from) and ``test`` (a
+``TestSet``, which knows its metric and evaluates a model). A test set scores the model *as the method presents
+it*: the method may hand over an ``EvalContext`` with tokens to prepend (in-context learning) and/or a recurrent
+state to start from (test-time memory). Two test sets cover the built-in suites:
 
 - ``CandidateRanking`` (metric ``accuracy``): a prompt and candidate answers; the answer counts as correct when
   its summed log-likelihood after the prompt is the highest (lm-eval's ``acc`` for multiple choice). For tiny
@@ -16,44 +16,14 @@ an ``EvalContext`` with tokens to prepend (in-context learning) and/or a recurre
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from hope.continual.method import EvalContext, Task
 from hope.evaluation.scoring import Window, continuation_logprobs, read_context, score_windows
 from hope.tokenizer import Tokenizer
-
-
-@dataclass
-class EvalContext:
-    """What a method adds when a task is tested: ``tokens`` prepended to every test input (the most recent ones
-    are kept if they do not fit; a stateful model reads the rest into its state) and ``state`` to start from."""
-
-    tokens: list[int] = field(default_factory=list)
-    state: list | None = None
-
-
-class TestSet(Protocol):
-    """A task's test split and metric."""
-
-    metric: str
-    """Name of the metric (``accuracy``, ``perplexity``, ...), shown in reports."""
-    higher_is_better: bool
-    chance: float | None
-    """The score of guessing, drawn in plots (``None`` if it has none)."""
-
-    def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float: ...
-
-
-@dataclass
-class Task:
-    """One task of a sequence: what is learned (``train``) and how it is tested (``test``)."""
-
-    name: str
-    train: list[str]
-    test: TestSet
 
 
 @dataclass

@@ -1,14 +1,14 @@
 """Full finetuning: every parameter trains (minus the run's ``freeze``/``train_only`` patterns) with AdamW.
 
 The forgetting baseline of every continual-learning comparison (SMF §5: NQ F1 drops 89% at equal TriviaQA
-learning). It is ``FinetuneMethod`` itself under its own name, so ``method: hope.finetune.methods.FullFinetune``
+learning). It is ``FinetuneMethod`` itself under its own name, so ``method: hope.continual.methods.FullFinetune``
 reads as what it is. ``EpochFinetune`` is the same method under the retention harness's earlier name, with the
 ``TaskLoop`` settings as flat arguments (``hope eval retention --method EpochFinetune --method.lr 3e-4``).
 """
 
 import dataclasses
 
-from hope.finetune.methods.base import FinetuneMethod, TaskLoop
+from hope.continual.finetune import FinetuneMethod, TaskLoop
 
 
 class FullFinetune(FinetuneMethod):

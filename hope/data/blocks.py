@@ -12,6 +12,7 @@ import random
 
 import torch
 
+from hope.data.documents import load_documents
 from hope.tokenizer import Tokenizer
 
 
@@ -47,8 +48,6 @@ def source_blocks(
     ``source`` is any ``data.source`` spec (``default``, a file or folder, a hub dataset). The default corpus's
     ``train`` split excludes the files ``hope fit`` validates on.
     """
-    from hope.evaluation.loading import load_documents
-
     stream: list[int] = []
     for _, text in load_documents(source, split, max_documents=max_documents):
         stream += tokenizer.encode(text, bos=True, eos=True)

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hope.evaluation.retention.methods import ContinualMethod
-from hope.evaluation.retention.tasks import Task
-from hope.finetune.data import batches, text_blocks
-from hope.finetune.params import configure_trainable
-from hope.lit.optim import OptimConfig
+from hope.config import HOPE_FAMILIES
+from hope.continual.method import ContinualMethod, Task
+from hope.continual.params import configure_trainable, param_groups
+from hope.data.blocks import batches, text_blocks
 from hope.loss import next_token_loss
+from hope.optim import OptimConfig, finetune_level_optimizer, warmup_cosine
 from hope.tokenizer import Tokenizer
 
 
@@ -40,7 +40,7 @@ from hope.tokenizer import Tokenizer
 class TaskLoop:
     """How a method learns one task of the retention harness by itself (``hope finetune`` uses the Trainer and
     ``model.optim`` instead). Each task gets a fresh optimizer at a constant lr, built as ``hope finetune`` builds
-    its own (``hope.finetune.optim``): HOPE models keep their CMS level periods, so level l steps every
+    its own (``FinetuneMethod.build_optimizer``): HOPE models keep their CMS level periods, so level l steps every
     ``cms_level_periods[l]`` steps of a task (a level whose period exceeds a task's steps does not move in it)."""
 
     lr: float = 1e-3
@@ -97,6 +97,18 @@ class FinetuneMethod(ContinualMethod):
     ) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, betas=betas, eps=eps)
 
+    def build_optimizer(
+        self, model: nn.Module, cfg: OptimConfig, total_steps: int, group_lr: dict[str, float] | None = None
+    ) -> dict:
+        """``configure_optimizers``' value for this method: its groups (lr scales, ``group_lr``, frozen parameters
+        left out) under ``cfg``'s warmup/cosine. HOPE families keep their Nested-Learning outer loop (one
+        ``LevelOptimizer``, as in ``hope fit``), unless the method brings its own optimizer (SMF's SGD)."""
+        groups = param_groups(model, cfg.lr, cfg.weight_decay, self.lr_scales(model), group_lr)
+        own_optimizer = type(self).make_optimizer is not FinetuneMethod.make_optimizer
+        if model.config.family in HOPE_FAMILIES and not own_optimizer:
+            return {"optimizer": finetune_level_optimizer(model, groups, cfg, total_steps)}
+        return warmup_cosine(self.make_optimizer(groups, cfg.betas, cfg.eps), cfg, total_steps)
+
     def structure(self) -> dict:
         """What ``load_finetuned`` needs to rebuild the model's structure without the method (LoRA: its modules)."""
         return {}
@@ -141,12 +153,10 @@ class FinetuneMethod(ContinualMethod):
         return min(self.loop.seq_len, model.config.max_seq_len)
 
     def learn(self, model: nn.Module, task: Task, tokenizer: Tokenizer) -> dict[str, float]:
-        from hope.finetune.optim import build_finetune_optimizer  # it imports this module
-
         loop, seq_len = self.loop, self.seq_len_for(model)
         device = next(model.parameters()).device
         constant = OptimConfig(lr=loop.lr, weight_decay=loop.weight_decay, warmup_steps=0, min_lr_ratio=1.0)
-        optimizer = build_finetune_optimizer(model, self, constant, total_steps=1)["optimizer"]  # no lr to schedule
+        optimizer = self.build_optimizer(model, constant, total_steps=1)["optimizer"]  # no lr to schedule
         trainable = [p for g in optimizer.param_groups for p in g["params"]]
         model.train()
         losses, step, stats = [], 0, {}

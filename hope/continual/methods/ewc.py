@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hope.finetune.data import batches, source_blocks
-from hope.finetune.methods.base import FinetuneMethod, TaskLoop
+from hope.continual.finetune import FinetuneMethod, TaskLoop
+from hope.data.blocks import batches, source_blocks
 from hope.loss import next_token_loss
 from hope.tokenizer import Tokenizer
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hope.finetune.data import source_blocks
-from hope.finetune.methods.base import FinetuneMethod, TaskLoop
+from hope.continual.finetune import FinetuneMethod, TaskLoop
+from hope.data.blocks import source_blocks
 from hope.layers.memory_layer import RANKINGS, memory_layers, record_background
 from hope.tokenizer import Tokenizer
 

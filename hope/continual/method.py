@@ -1,4 +1,5 @@
-"""Continual-learning methods: how a model takes in a sequence of tasks. One small interface, ``ContinualMethod``.
+"""Continual learning: how a model takes in a sequence of tasks. One small interface, ``ContinualMethod``, and the
+data it works on (``Task``, ``TestSet``, ``EvalContext``).
 
 The harness calls, in this order::
 
@@ -22,18 +23,51 @@ Rules for implementers:
 - Hyper-parameters are ``__init__`` arguments with defaults and a docstring, so ``hope eval retention
   --method your.module.YourMethod --method.lr 0.01`` configures them and ``config()`` records them.
 
-``InContext`` (no weight update; the baseline for models that learn at test time) is here. The methods that update
-weights are ``hope.finetune.methods`` (``FullFinetune``, the forgetting baseline, also under its earlier name
-``EpochFinetune``; ``LoRA``, ``EWC``, ``Replay``, ...): each is a ``ContinualMethod`` and also runs in ``hope
-finetune``.
+The methods are in ``hope.continual.methods``: ``InContext`` (no weight update; the baseline for models that learn
+at test time) and the ones that update weights (``FullFinetune``, the forgetting baseline, also under its earlier
+name ``EpochFinetune``; ``LoRA``, ``EWC``, ``Replay``, ...), which subclass ``hope.continual.finetune.FinetuneMethod``
+and also run in ``hope finetune``. The task suites and the harness that drives them are in
+``hope.evaluation.retention``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Protocol
+
 from torch import nn
 
-from hope.evaluation.retention.tasks import EvalContext, Task
 from hope.tokenizer import Tokenizer
+
+
+@dataclass
+class EvalContext:
+    """What a method adds when a task is tested: ``tokens`` prepended to every test input (the most recent ones
+    are kept if they do not fit; a stateful model reads the rest into its state) and ``state`` to start from."""
+
+    tokens: list[int] = field(default_factory=list)
+    state: list | None = None
+
+
+class TestSet(Protocol):
+    """A task's test split and metric."""
+
+    metric: str
+    """Name of the metric (``accuracy``, ``perplexity``, ...), shown in reports."""
+    higher_is_better: bool
+    chance: float | None
+    """The score of guessing, drawn in plots (``None`` if it has none)."""
+
+    def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float: ...
+
+
+@dataclass
+class Task:
+    """One task of a sequence: what is learned (``train``) and how it is tested (``test``)."""
+
+    name: str
+    train: list[str]
+    test: TestSet
 
 
 class ContinualMethod:
@@ -55,43 +89,3 @@ class ContinualMethod:
     def config(self) -> dict:
         """Hyper-parameters for the report: the public attributes set in ``__init__``."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-
-class InContext(ContinualMethod):
-    """No weight update: tasks are "learned" by keeping their training text, which is prepended to the test
-    inputs as context. The context that does not fit the model's window is dropped (Transformer++) or read
-    into the recurrent state (stateful models), so forgetting here is the context window overflowing.
-
-    Args:
-        scope: ``seen`` prepends the text of every task learned so far, oldest first (task-agnostic, the
-            realistic setting); ``task`` prepends only the tested task's own text, if it was learned
-            (an oracle that knows which task a test input belongs to).
-        max_tokens: keep at most this many of the most recent context tokens (``None``: all; the model's
-            window still bounds what a Transformer++ sees).
-    """
-
-    name = "in_context"
-
-    def __init__(self, scope: str = "seen", max_tokens: int | None = None) -> None:
-        if scope not in ("seen", "task"):
-            raise ValueError(f"scope={scope!r}: choose 'seen' or 'task'")
-        self.scope, self.max_tokens = scope, max_tokens
-        self._seen: dict[str, list[int]] = {}
-
-    def setup(self, model: nn.Module, tokenizer: Tokenizer) -> None:
-        self._seen = {}
-
-    def learn(self, model: nn.Module, task: Task, tokenizer: Tokenizer) -> dict[str, float]:
-        self._seen[task.name] = tokenizer.encode("\n".join(task.train) + "\n", bos=False)
-        return {"context_tokens": float(sum(len(t) for t in self._seen.values()))}
-
-    def eval_context(self, model: nn.Module, task: Task | None, tokenizer: Tokenizer) -> EvalContext:
-        if task is None:
-            return EvalContext()
-        if self.scope == "task":
-            tokens = list(self._seen.get(task.name, []))
-        else:
-            tokens = [t for seen in self._seen.values() for t in seen]
-        if self.max_tokens is not None:
-            tokens = tokens[-self.max_tokens :] if self.max_tokens > 0 else []
-        return EvalContext(tokens)

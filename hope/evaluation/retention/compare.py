@@ -2,7 +2,8 @@
 
     hope fit --config configs/pretrain/debug.yaml                         # 1. the debug model (runs/debug)
     hope finetune --config configs/finetune/memory-layer.yaml             # 2. + a memory layer in block 2
-    python -m hope.finetune.compare --checkpoint runs/debug-memory/checkpoints/last.ckpt --out docs/finetune-comparison
+    python -m hope.evaluation.retention.compare --checkpoint runs/debug-memory/checkpoints/last.ckpt \\
+        --out docs/finetune-comparison
 
 Every method starts from the same checkpoint and learns the same tasks in the same order. The checkpoint is the
 memory-layer model, as in SMF §5, where every baseline runs on the memory-augmented model. Outputs:
@@ -22,23 +23,28 @@ import time
 from pathlib import Path
 
 import torch
+from jsonargparse import CLI
 
-from hope.finetune.methods import (
+from hope.continual.methods import (
     EWC,
     FinetuneMethod,
     FullFinetune,
     GradualUnfreezing,
+    InContext,
     LayerwiseLRDecay,
     LoRA,
     Replay,
     SparseMemoryFinetune,
     TaskLoop,
 )
+from hope.evaluation.loading import load_for_eval
+from hope.evaluation.plots import save_figure
+from hope.evaluation.retention.facts import SyntheticFacts
+from hope.evaluation.retention.harness import format_summary, general_perplexity_set, run_retention, write_outputs
 
 
 def default_methods(epochs: int, seq_len: int = 128) -> dict:
     """The methods and the settings compared (tuned on the debug model; see docs/finetune-comparison.md)."""
-    from hope.evaluation.retention import InContext
 
     def loop(lr: float) -> TaskLoop:
         return TaskLoop(lr=lr, epochs=epochs, batch_size=8, seq_len=seq_len)
@@ -85,10 +91,6 @@ def compare(
         general_tokens: tokens of general text scored before and after (perplexity).
         seed: torch seed and the suite's seed.
     """
-    from hope.evaluation.loading import load_for_eval
-    from hope.evaluation.retention import SyntheticFacts, run_retention
-    from hope.evaluation.retention.harness import format_summary, general_perplexity_set, write_outputs
-
     start, tokenizer = load_for_eval(checkpoint, device="cpu")
     suite = SyntheticFacts(
         n_tasks=n_tasks,
@@ -113,7 +115,7 @@ def compare(
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(rows, indent=2) + "\n")
     Path(f"{out}.md").write_text(table(rows, checkpoint, suite) + "\n")
-    draw(rows, f"{out}.png")
+    save_figure(draw_comparison, rows, f"{out}.png", figsize=(10, 4.2))
     return rows
 
 
@@ -155,16 +157,9 @@ def table(rows: list[dict], checkpoint: str, suite) -> str:
     )
 
 
-def draw(rows: list[dict], path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[hope] matplotlib is not installed; no plot")
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+def draw_comparison(fig, rows: list[dict]) -> None:
+    """Learning against general forgetting (left) and against forgetting of earlier facts (right)."""
+    axes = fig.subplots(1, 2)
     for ax, key, label in (
         (axes[0], "general_increase", "general forgetting: relative perplexity increase"),
         (axes[1], "forgetting", "forgetting of earlier facts (accuracy)"),
@@ -185,13 +180,7 @@ def draw(rows: list[dict], path: str) -> None:
         ax.set_ylabel("learned: accuracy right after each task")
         ax.grid(True, alpha=0.3)
     fig.suptitle("Learning vs forgetting (up and left is better; dashed: chance)", fontsize=10)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
-
     CLI(compare, as_positional=False)

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hope.finetune.methods.base import FinetuneMethod, TaskLoop
-from hope.finetune.params import matches_any
+__all__ = ["LoRALinear", "apply_lora", "lora_modules", "merge_lora", "remove_lora", "unmerge_lora"]
 
 
 class LoRALinear(nn.Linear):
@@ -65,17 +64,11 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0) -> list[str]:
-    """Wrap every ``nn.Linear`` whose module name matches a ``targets`` pattern (already wrapped ones are kept).
-    Returns the wrapped module names; raises if none matches."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches_any(n, targets)]
-    if not names:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"LoRA targets {targets} match no linear layer; linear layers are named like {linears[:4]}.")
-    for name in names:
+def apply_lora(model: nn.Module, module_names: list[str], rank: int, alpha: float, dropout: float = 0.0) -> None:
+    """Wrap each named ``nn.Linear`` of ``model`` in a ``LoRALinear`` (already wrapped ones are kept)."""
+    for name in module_names:
         if not isinstance(model.get_submodule(name), LoRALinear):
             _set_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
-    return names
 
 
 def lora_modules(model: nn.Module) -> list[LoRALinear]:
@@ -100,55 +93,3 @@ def remove_lora(model: nn.Module) -> None:
             plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
             plain.weight, plain.bias = module.weight, module.bias
             _set_module(model, name, plain)
-
-
-class LoRA(FinetuneMethod):
-    """Train low-rank adapters on chosen linear layers; everything else stays frozen.
-
-    Args:
-        rank: adapter rank r (SMF's sweep: 32-256 on a 1.3B model; 4-16 suits the debug models).
-        alpha: scale numerator; the update is (alpha / rank) B A.
-        dropout: dropout on the adapter's input.
-        targets: module-name patterns of the linear layers to adapt (globs, or regex after ``re:``); the default
-            takes every linear layer of every block (attention and MLP), not the embedding or the head.
-        merge_after_task: in the retention harness, merge the adapter into the weights after each task and start
-            the next task from a fresh adapter (False: one adapter learns the whole sequence).
-        loop: how ``learn`` trains on a task of the retention harness.
-    """
-
-    name = "lora"
-
-    def __init__(
-        self,
-        rank: int = 8,
-        alpha: float = 16.0,
-        dropout: float = 0.0,
-        targets: list[str] | None = None,
-        merge_after_task: bool = False,
-        loop: TaskLoop | None = None,
-    ) -> None:
-        super().__init__(loop)
-        if rank < 1:
-            raise ValueError(f"LoRA rank={rank} must be >= 1.")
-        self.rank, self.alpha, self.dropout = rank, alpha, dropout
-        self.targets = targets if targets is not None else ["blocks.*"]
-        self.merge_after_task = merge_after_task
-        self._modules: list[str] = []
-
-    def prepare(self, model: nn.Module) -> None:
-        self._modules = apply_lora(model, self.targets, self.rank, self.alpha, self.dropout)
-
-    def trains(self, name: str) -> bool:
-        return name.endswith((".lora_a", ".lora_b"))
-
-    def structure(self) -> dict:
-        return {"lora": {"modules": self._modules, "rank": self.rank, "alpha": self.alpha}}
-
-    def end_task(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-        if self.merge_after_task:
-            for module in lora_modules(model):
-                module.merge()
-                module.merged = False  # the weight keeps the update; the adapter restarts from B = 0
-                with torch.no_grad():
-                    nn.init.kaiming_uniform_(module.lora_a, a=math.sqrt(5))
-                    module.lora_b.zero_()

@@ -20,8 +20,8 @@ import random
 import torch
 from torch import nn
 
-from hope.finetune.data import source_blocks
-from hope.finetune.methods.base import FinetuneMethod, TaskLoop
+from hope.continual.finetune import FinetuneMethod, TaskLoop
+from hope.data.blocks import source_blocks
 from hope.tokenizer import Tokenizer
 
 

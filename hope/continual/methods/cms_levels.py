@@ -6,8 +6,8 @@ model exactly as pretrained. In the HOPE families (``hope-debug``, ``hope-attent
 named ``blocks.{block}.cms.levels.{level}.*`` (``pattern`` says otherwise if a model names them differently), so
 this method is a name-pattern filter: the same as ``train_only: [blocks.*.cms.levels.2.*]`` on the run, packaged
 as a method the retention harness can run. It trains the levels' stored weights (the outer loop); in ``hope
-finetune`` each level keeps its outer-loop period and rule (``hope.finetune.optim``), while the harness's ``learn``
-steps them every step with AdamW. The in-context updates a HOPE model makes while it reads are part of its state
+finetune`` and in the harness's ``learn`` each level keeps its outer-loop period and rule
+(``FinetuneMethod.build_optimizer``). The in-context updates a HOPE model makes while it reads are part of its state
 and run as the model defines them. On a model without CMS levels the method stops with an error that says so.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from hope.finetune.methods.base import FinetuneMethod, TaskLoop
-from hope.finetune.params import matches_any
+from hope.continual.finetune import FinetuneMethod, TaskLoop
+from hope.continual.params import matches_any
 
 
 class CMSLevels(FinetuneMethod):

@@ -1,6 +1,6 @@
 """Layer-wise learning-rate decay (ULMFiT's "discriminative fine-tuning", Howard & Ruder 2018; ELECTRA, BEiT).
 
-Lower layers hold more general features, so they move less: a parameter at depth d (``hope.finetune.params.depth``:
+Lower layers hold more general features, so they move less: a parameter at depth d (``hope.continual.params.depth``:
 embedding 0, block i at i + 1, final norm and head at n_layer + 1) trains at::
 
     lr_d = lr · decay ** (n_layer + 1 − d)
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from hope.finetune.methods.base import FinetuneMethod, TaskLoop
-from hope.finetune.params import depth
+from hope.continual.finetune import FinetuneMethod, TaskLoop
+from hope.continual.params import depth
 
 
 class LayerwiseLRDecay(FinetuneMethod):

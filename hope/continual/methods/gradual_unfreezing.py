@@ -2,7 +2,7 @@
 every ``unfreeze_every`` steps, so the lower, more general layers change last and least.
 
 At step s (counted per task in the retention harness, the global step in ``hope finetune``) the parameters of depth
-``d >= n_layer + 1 − s // unfreeze_every`` train (depths as in ``hope.finetune.params.depth``: head and final norm
+``d >= n_layer + 1 − s // unfreeze_every`` train (depths as in ``hope.continual.params.depth``: head and final norm
 first, then block n_layer − 1, ..., block 0, the embedding last). Frozen layers still take part in backward, but
 their gradients are dropped before clipping and the step, so AdamW leaves them (and their weight decay) alone;
 parameter trainability itself stays fixed, which keeps resume and DeepSpeed simple. Combine with layer-wise lr
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from hope.finetune.methods.base import TaskLoop
-from hope.finetune.methods.llrd import LayerwiseLRDecay
-from hope.finetune.params import depth
+from hope.continual.finetune import TaskLoop
+from hope.continual.methods.llrd import LayerwiseLRDecay
+from hope.continual.params import depth
 
 
 class GradualUnfreezing(LayerwiseLRDecay):
