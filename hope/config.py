@@ -1,4 +1,4 @@
-"""Model configuration: one dataclass, a registry of named presets, and validated overrides.
+"""Model configuration: one dataclass, validated, applied to a named preset (``hope.presets``) with overrides.
 
 A run chooses a preset by name and overrides individual fields::
 
@@ -12,14 +12,83 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from hope.presets import PRESETS
 
 ATTN_BACKENDS = ("auto", "sdpa", "flash", "naive")
 FAMILIES = ("transformer", "titans-mac", "titans-mag", "titans-mal", "titans-lmm", "hope", "hope-attention")
 TITANS_FAMILIES = FAMILIES[1:5]
 HOPE_FAMILIES = ("hope", "hope-attention")
 CMS_RULES = ("adamw", "sgd", "deep_momentum")
+
+
+@dataclass
+class CMSLevel:
+    """One level of HOPE's Continuum Memory System (NL Eqs. 30-31): its width and how often it learns, in context
+    and in the outer loop. The two periods are in different units on purpose: tokens of the stream when the model
+    learns at test time, optimizer steps when it is trained."""
+
+    hidden: int | None = None
+    """SwiGLU hidden width of the level; None means the model's intermediate_size."""
+    tokens_per_update: int = 16
+    """In context (test-time learning, ``hope.ttl``): the level takes one gradient step every this many TOKENS of
+    the stream, on the gradients summed over them (NL Eq. 31's C^(l))."""
+    steps_per_update: int = 1
+    """Outer loop (``hope fit``, ``hope finetune``): the level's parameters step every this many OPTIMIZER steps,
+    on the gradients summed over them (NL Eq. 31 in pretraining; ``hope.optim.LevelOptimizer``)."""
+    rule: str = "adamw"
+    """Outer-loop optimizer rule of the level: ``adamw``, ``sgd`` or ``deep_momentum`` (NL Eq. 23)."""
+    lr_scale: float = 1.0
+    """Outer-loop learning rate of the level as a multiple of model.optim.lr (same warmup/cosine)."""
+
+    def validate(self, where: str) -> None:
+        """Raise ValueError naming ``where`` (e.g. ``model.cms_levels[1]``), the field, its value and the fix."""
+        if self.hidden is not None and self.hidden < 1:
+            raise ValueError(f"{where}.hidden={self.hidden} must be >= 1, or null for model.intermediate_size.")
+        for name in ("tokens_per_update", "steps_per_update"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{where}.{name}={getattr(self, name)} must be >= 1.")
+        if self.rule not in CMS_RULES:
+            raise ValueError(f"{where}.rule={self.rule!r} is unknown; choose one of {CMS_RULES}.")
+        if self.lr_scale < 0:
+            raise ValueError(f"{where}.lr_scale={self.lr_scale} must be >= 0 (0 freezes the level in the outer loop).")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str) -> CMSLevel:
+        """A level from a YAML / JSON mapping; an unknown key is an error that suggests the right one."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{where} has an unknown key {key!r}.{hint} A level's keys are {known}.")
+        return cls(**values)
+
+
+# The flat per-level lists that cms_levels replaced: old field -> CMSLevel field, and the old defaults.
+LEGACY_CMS_FIELDS = {
+    "cms_hidden": ("hidden", None),
+    "cms_periods": ("tokens_per_update", [16, 256, 4096]),
+    "cms_level_periods": ("steps_per_update", [1, 4, 16]),
+    "cms_level_rules": ("rule", ["adamw"] * 3),
+    "cms_level_lr_scale": ("lr_scale", [1.0] * 3),
+}
+
+
+def legacy_cms_levels(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """``cms_levels`` equivalent to the flat lists of a config written before it existed: one level per entry of
+    the lists given, and the old defaults where a list is missing (its last entry repeated if it is too short)."""
+    given = {old: values[old] for old in LEGACY_CMS_FIELDS if values.get(old) is not None}
+    n_levels = max((len(v) for v in given.values()), default=3)
+
+    def entry(old: str, i: int) -> Any:
+        values_l = given.get(old, LEGACY_CMS_FIELDS[old][1])
+        return None if values_l is None else values_l[min(i, len(values_l) - 1)]
+
+    return [{new: entry(old, i) for old, (new, _) in LEGACY_CMS_FIELDS.items()} for i in range(n_levels)]
 
 
 @dataclass
@@ -115,26 +184,24 @@ class ModelConfig:
     """hope: tokens per in-context update of the retrieval memory M_memory (NL §8.2, Eq. 91)."""
     hope_adaptive_q: bool = False
     """hope: q from a self-modifying memory M_q instead of the static projection x W_q (NL Eq. 83 vs 88)."""
-    cms_hidden: list[int] | None = None
-    """HOPE CMS: SwiGLU hidden width of each level, fastest first; None means intermediate_size for every level.
-    Its length must equal that of cms_periods."""
-    cms_periods: list[int] = field(default_factory=lambda: [16, 256, 4096])
-    """HOPE CMS: in-context update period C^(l) of each level in TOKENS, fastest first (NL Eq. 31); the number of
-    entries is the number of levels. Used by test-time learning (hope.ttl)."""
+    cms_levels: list[CMSLevel] = field(
+        default_factory=lambda: [CMSLevel(None, 16, 1), CMSLevel(None, 256, 4), CMSLevel(None, 4096, 16)]
+    )
+    """HOPE CMS: the levels, fastest first (NL Eqs. 30-31): each one's width and how often it learns in context
+    (``tokens_per_update``) and in the outer loop (``steps_per_update``), its outer-loop ``rule`` and ``lr_scale``.
+    In YAML or --model.overrides, a list of mappings: ``[{hidden: 128, tokens_per_update: 16, steps_per_update:
+    1}, ...]``; omitted keys take CMSLevel's defaults."""
     cms_inner_lr: float = 1e-3
     """HOPE CMS: in-context (test-time) step size of every level (NL Eq. 31's eta^(l)); 0 freezes the levels."""
     cms_objective: str = "teach"
     """HOPE CMS: in-context objective: ``teach`` (the LM loss's gradient dL/dy, as in pretraining) or
     ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2); see hope/layers/cms.py."""
-    cms_level_periods: list[int] = field(default_factory=lambda: [1, 4, 16])
-    """HOPE outer loop: level l's parameters step every cms_level_periods[l] OPTIMIZER steps on the gradients summed
-    over those steps (NL Eq. 31 in pretraining; hope.optim.LevelOptimizer). One entry per CMS level."""
-    cms_level_rules: list[str] = field(default_factory=lambda: ["adamw", "adamw", "adamw"])
-    """HOPE outer loop: optimizer rule of each CMS level: ``adamw``, ``sgd`` or ``deep_momentum`` (NL Eq. 23)."""
-    cms_level_lr_scale: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    """HOPE outer loop: each CMS level's learning rate as a multiple of model.optim.lr (same warmup/cosine)."""
 
     def __post_init__(self) -> None:
+        self.cms_levels = [
+            CMSLevel.from_dict(level, f"model.cms_levels[{i}]") if isinstance(level, dict) else level
+            for i, level in enumerate(self.cms_levels)
+        ]
         self.validate()
 
     # ----------------------------------------------------------------------------------------------------
@@ -182,11 +249,8 @@ class ModelConfig:
 
     @property
     def resolved_cms_hidden(self) -> list[int]:
-        return (
-            list(self.cms_hidden)
-            if self.cms_hidden is not None
-            else [self.resolved_intermediate_size] * len(self.cms_periods)
-        )
+        """SwiGLU hidden width of each CMS level (``intermediate_size`` where a level leaves it None)."""
+        return [level.hidden or self.resolved_intermediate_size for level in self.cms_levels]
 
     def _validate_hope(self) -> None:
         for name in ("hope_expansion", "hope_chunk_size", "hope_memory_chunk_size", "memory_conv_kernel"):
@@ -194,26 +258,12 @@ class ModelConfig:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1 for model.family={self.family!r}.")
         if self.family == "hope" and self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head} (SMT heads).")
-        L = len(self.cms_periods)
-        if L < 1 or min(self.cms_periods) < 1:
-            raise ValueError(f"model.cms_periods={self.cms_periods} needs >= 1 level, each period >= 1 token.")
-        for name in ("cms_hidden", "cms_level_periods", "cms_level_rules", "cms_level_lr_scale"):
-            value = getattr(self, name)
-            if value is not None and len(value) != L:
-                raise ValueError(
-                    f"model.{name}={list(value)} has {len(value)} entries but model.cms_periods="
-                    f"{list(self.cms_periods)} defines {L} CMS levels; give one entry per level."
-                )
-        if min(self.resolved_cms_hidden) < 1 or min(self.cms_level_periods) < 1:
-            raise ValueError(
-                f"model.cms_hidden and model.cms_level_periods need entries >= 1, got "
-                f"{self.cms_hidden}, {self.cms_level_periods}."
-            )
-        bad = [r for r in self.cms_level_rules if r not in CMS_RULES]
-        if bad:
-            raise ValueError(f"model.cms_level_rules has unknown rules {bad}; choose from {CMS_RULES}.")
-        if self.cms_inner_lr < 0 or min(self.cms_level_lr_scale) < 0:
-            raise ValueError(f"model.cms_inner_lr={self.cms_inner_lr} and model.cms_level_lr_scale must be >= 0.")
+        if not self.cms_levels:
+            raise ValueError("model.cms_levels is empty; give at least one level, e.g. [{tokens_per_update: 16}].")
+        for i, level in enumerate(self.cms_levels):
+            level.validate(f"model.cms_levels[{i}]")
+        if self.cms_inner_lr < 0:
+            raise ValueError(f"model.cms_inner_lr={self.cms_inner_lr} must be >= 0 (0 freezes the levels in context).")
         if self.cms_objective not in ("teach", "reconstruction"):
             raise ValueError(f"model.cms_objective={self.cms_objective!r}; choose 'teach' or 'reconstruction'.")
 
@@ -261,6 +311,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """A config stored beside a checkpoint; one written before ``cms_levels`` existed is read through
+        ``legacy_cms_levels`` (so old checkpoints still load), every other unknown key is an error."""
+        if any(key in values for key in LEGACY_CMS_FIELDS):
+            levels = legacy_cms_levels(values)
+            values = {k: v for k, v in values.items() if k not in LEGACY_CMS_FIELDS} | {"cms_levels": levels}
         _check_keys(values)
         return cls(**values)
 
@@ -277,122 +332,16 @@ class ModelConfig:
 
 def _check_keys(values: dict[str, Any]) -> None:
     known = [f.name for f in dataclasses.fields(ModelConfig)]
+    legacy = [key for key in values if key in LEGACY_CMS_FIELDS]
+    if legacy:
+        new_form = json.dumps(legacy_cms_levels(values))
+        raise ValueError(
+            f"model.{', model.'.join(legacy)}: the flat per-level lists were replaced by model.cms_levels, one entry "
+            f"per level (fastest first) whose names carry their units. The same setting is: "
+            f'{{"cms_levels": {new_form}}}'
+        )
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3)
             hint = f" Did you mean {close}?" if close else ""
             raise ValueError(f"Unknown model config key {key!r}.{hint} Valid keys: {known}.")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Presets. Sized presets follow the papers' Transformer++ baselines (Titans §5.1, Nested Learning §9): Llama-2
-# tokenizer (vocab 32000), head_dim 64, SwiGLU. Counts include embedding and untied head; see tests/test_config.py.
-PRESETS: dict[str, dict[str, Any]] = {}
-
-
-def register_preset(name: str, **values: Any) -> None:
-    """Add a named preset (used by other model families to register theirs)."""
-    if name in PRESETS:
-        raise ValueError(f"preset {name!r} is already registered")
-    _check_keys(values)
-    PRESETS[name] = values
-
-
-register_preset("debug", vocab_size=8192, n_layer=4, n_head=4, n_embd=128, intermediate_size=384, max_seq_len=1024)
-register_preset("transformer-debug", **PRESETS["debug"])
-register_preset(
-    "transformer-170m", vocab_size=32000, n_layer=16, n_head=12, n_embd=768, intermediate_size=2304, max_seq_len=4096
-)
-register_preset(
-    "transformer-340m", vocab_size=32000, n_layer=24, n_head=16, n_embd=1024, intermediate_size=2304, max_seq_len=4096
-)
-register_preset(
-    "transformer-760m", vocab_size=32000, n_layer=24, n_head=24, n_embd=1536, intermediate_size=4096, max_seq_len=4096
-)
-register_preset(
-    "transformer-1.3b", vocab_size=32000, n_layer=24, n_head=32, n_embd=2048, intermediate_size=5376, max_seq_len=4096
-)
-
-
-# Titans (Titans §5.1: 170M/340M/400M/760M, Llama-2 vocabulary, 4K training length). The paper gives no widths,
-# depths, chunk or segment sizes, windows or N_p: widths and head counts follow the Transformer++ presets above;
-# depth and MLP width are set so that each preset is within 5% of its name. MAC, MAG and MAL have the same
-# parameters per block (memory ~5 d^2, attention 4 d^2); LMM blocks are lighter (memory only), so they stack
-# more. Memory: L_M = 2, expansion 4, chunks of 64; MAC segments and MAG/MAL windows of 512; N_p = 4.
-_TITANS_SPAN = {  # the field that bounds each family's attention: MAC's segment, MAG's and MAL's window
-    "titans-mac": "segment_len",
-    "titans-mag": "sliding_window",
-    "titans-mal": "sliding_window",
-    "titans-lmm": None,
-}
-_TITANS_SIZES = {  # size -> n_embd, n_head, (n_layer, intermediate_size) for MAC/MAG/MAL, the same for LMM
-    "170m": (768, 12, (12, 1920), (14, 2304)),
-    "340m": (1024, 16, (16, 2304), (18, 3072)),
-    "400m": (1024, 16, (18, 2816), (24, 2560)),
-    "760m": (1536, 24, (18, 3072), (24, 3328)),
-}
-for _family, _span in _TITANS_SPAN.items():
-    # debug: the `debug` Transformer's size (CPU runs, tests), chunks/segments/windows that suit data.seq_len 256
-    register_preset(
-        f"{_family}-debug",
-        **PRESETS["debug"],
-        family=_family,
-        memory_depth=2,
-        memory_expansion=2,
-        memory_chunk_size=16,
-        n_persistent=4,
-        **({_span: 64} if _span else {}),
-    )
-    for _size, (_d, _h, _hybrid, _lmm) in _TITANS_SIZES.items():
-        _layers, _mlp = _lmm if _family == "titans-lmm" else _hybrid
-        register_preset(
-            f"{_family}-{_size}",
-            family=_family,
-            vocab_size=32000,
-            n_embd=_d,
-            n_head=_h,
-            n_layer=_layers,
-            intermediate_size=_mlp,
-            max_seq_len=4096,
-            memory_depth=2,
-            memory_expansion=4,
-            memory_chunk_size=64,
-            n_persistent=4,
-            **({_span: 512} if _span else {}),
-        )
-
-
-# HOPE and Hope-Attention (NL §9 reports 340M / 760M / 1.3B; 170M added; Llama-2 vocabulary). The paper gives no widths,
-# level counts or periods. Widths, heads and depths follow the Transformer++ presets above; the CMS has three
-# levels whose hidden widths sum to the Transformer++ MLP's (so Hope-Attention has its parameter count, and HOPE's
-# self-modifying Titans, ~3 d^2 + 10 d^2 / n_head, is close to attention's 4 d^2). Levels update in context every
-# 16 / 256 / 4096 tokens and in pretraining every 1 / 4 / 16 optimizer steps: our choices.
-_HOPE_SIZES = {  # size -> n_embd, n_head, n_layer, hidden width of each of the three CMS levels
-    "170m": (768, 12, 16, 768),
-    "340m": (1024, 16, 24, 768),
-    "760m": (1536, 24, 24, 1344),
-    "1.3b": (2048, 32, 24, 1792),
-}
-for _family in ("hope", "hope-attention"):
-    # debug: the `debug` Transformer's size; chunks of 16 and short level periods suit data.seq_len 256 on CPU
-    register_preset(
-        f"{_family}-debug",
-        **PRESETS["debug"],
-        family=_family,
-        hope_chunk_size=16,
-        hope_memory_chunk_size=16,
-        cms_hidden=[128, 128, 128],
-        cms_periods=[16, 64, 256],
-        cms_level_periods=[1, 2, 4],
-    )
-    for _size, (_d, _h, _layers, _mlp) in _HOPE_SIZES.items():
-        register_preset(
-            f"{_family}-{_size}",
-            family=_family,
-            vocab_size=32000,
-            n_embd=_d,
-            n_head=_h,
-            n_layer=_layers,
-            max_seq_len=4096,
-            cms_hidden=[_mlp] * 3,
-        )

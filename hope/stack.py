@@ -20,6 +20,7 @@ With the inner learning rate at 0 the stacked model reproduces the Transformer's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,11 +59,14 @@ def stacked_overrides(source: ModelConfig, preset: str, mlp_level: int) -> dict:
         raise ValueError(f"--preset {preset!r} is family {target.family!r}; ad-hoc stacking needs 'hope-attention'.")
     if source.family != "transformer":
         raise ValueError(f"the checkpoint is family {source.family!r}; ad-hoc stacking starts from a 'transformer'.")
-    hidden = target.resolved_cms_hidden
-    if not 0 <= mlp_level < len(hidden):
-        raise ValueError(f"--mlp_level {mlp_level + 1} is out of range: {preset!r} has {len(hidden)} CMS levels.")
-    hidden[mlp_level] = source.resolved_intermediate_size
-    return {**{f: getattr(source, f) for f in ARCH_FIELDS}, "cms_hidden": hidden}
+    levels = [
+        {**dataclasses.asdict(level), "hidden": width}
+        for level, width in zip(target.cms_levels, target.resolved_cms_hidden, strict=True)
+    ]
+    if not 0 <= mlp_level < len(levels):
+        raise ValueError(f"--mlp_level {mlp_level + 1} is out of range: {preset!r} has {len(levels)} CMS levels.")
+    levels[mlp_level]["hidden"] = source.resolved_intermediate_size
+    return {**{f: getattr(source, f) for f in ARCH_FIELDS}, "cms_levels": levels}
 
 
 def stack(transformer: HopeLM, preset: str, mlp_level: int = 0) -> HopeLM:

@@ -6,9 +6,9 @@
     state = learner.discard(state)                              # forget what was learned (keep the context)
     state = learner.consolidate(state)                          # or write it into the model's weights
 
-Level l of every block's CMS takes one step every ``cms_periods[l]`` tokens of the stream, on the gradients summed
-over those tokens (``hope.layers.cms``). With objective ``"teach"`` the gradient is that of the next-token loss
-(summed, so each stream's update is independent of the batch) through the LM head:
+Level l of every block's CMS takes one step every ``cms_levels[l].tokens_per_update`` tokens of the stream, on the
+gradients summed over those tokens (``hope.layers.cms``). With objective ``"teach"`` the gradient is that of the
+next-token loss (summed, so each stream's update is independent of the batch) through the LM head:
 
 1. ``step`` cuts the input into pieces that never cross an update of the fastest level, so every token of a piece
    reads the same fast weights;

@@ -1,11 +1,13 @@
 """Model config: presets and their parameter counts, overrides, and the errors for bad values."""
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from hope.config import PRESETS, ModelConfig
+from hope.config import PRESETS, CMSLevel, ModelConfig
 from hope.model import HopeLM
 
 
@@ -68,3 +70,59 @@ def test_unknown_key_is_clear():
 def test_invalid_values_are_clear(overrides, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         ModelConfig.from_preset("debug", **overrides)
+
+
+# -- CMS levels -----------------------------------------------------------------------------------------------------
+def test_presets_are_literal_entries():
+    """Every preset has its own entry in hope/presets.py, so `grep NAME` finds its definition."""
+    source = (Path(__file__).parents[1] / "hope" / "presets.py").read_text()
+    assert [name for name in PRESETS if f'"{name}": {{' not in source] == []
+
+
+def test_cms_levels_from_yaml_mappings():
+    levels = [{"hidden": 64, "tokens_per_update": 8, "steps_per_update": 2, "rule": "sgd", "lr_scale": 0.5}, {}]
+    cfg = ModelConfig.from_preset("hope-debug", cms_levels=levels)
+    assert cfg.cms_levels == [CMSLevel(64, 8, 2, "sgd", 0.5), CMSLevel()]  # omitted keys take CMSLevel's defaults
+    assert cfg.resolved_cms_hidden == [64, cfg.resolved_intermediate_size]
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg  # what a checkpoint stores reads back the same
+
+
+@pytest.mark.parametrize("old", ["cms_periods", "cms_level_periods", "cms_hidden", "cms_level_rules"])
+def test_flat_cms_fields_are_refused_with_the_new_form(old):
+    values = {
+        "cms_periods": [4, 8],
+        "cms_level_periods": [1, 2],
+        "cms_hidden": [32, 64],
+        "cms_level_rules": ["sgd"] * 2,
+    }
+    with pytest.raises(ValueError, match=re.escape(f"model.{old}")) as err:
+        ModelConfig.from_preset("hope-debug", **{old: values[old]})
+    new_form = json.loads(str(err.value).split("The same setting is: ")[1])
+    assert "were replaced by model.cms_levels" in str(err.value)
+    ModelConfig.from_preset("hope-debug", **new_form)  # the suggestion is a valid override
+    level = dict(
+        zip(
+            ["cms_periods", "cms_level_periods", "cms_hidden", "cms_level_rules"],
+            ["tokens_per_update", "steps_per_update", "hidden", "rule"],
+            strict=True,
+        )
+    )[old]
+    assert [lv[level] for lv in new_form["cms_levels"]] == values[old]
+
+
+def test_checkpoint_configs_with_flat_cms_fields_still_load():
+    """A config stored before cms_levels existed reads into the same levels (old defaults for missing lists)."""
+    stored = ModelConfig.from_preset("hope-debug").to_dict()
+    stored.pop("cms_levels")
+    stored |= {"cms_hidden": [128, 96, 64], "cms_periods": [16, 64, 256], "cms_level_periods": [1, 2, 4]}
+    stored |= {"cms_level_rules": ["adamw", "sgd", "deep_momentum"], "cms_level_lr_scale": [1.0, 0.5, 0.1]}
+    cfg = ModelConfig.from_dict(stored)
+    assert cfg.cms_levels == [
+        CMSLevel(128, 16, 1, "adamw", 1.0),
+        CMSLevel(96, 64, 2, "sgd", 0.5),
+        CMSLevel(64, 256, 4, "deep_momentum", 0.1),
+    ]
+    assert (
+        ModelConfig.from_dict({**stored, "cms_level_rules": None, "cms_level_lr_scale": None}).cms_levels[1].rule
+        == "adamw"
+    )

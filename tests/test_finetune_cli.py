@@ -17,7 +17,11 @@ from tests.test_cli import Recorder, fit_args
 FULL_YAML = str(Path(__file__).parents[1] / "configs" / "finetune" / "full.yaml")
 TINY = '{"n_layer": 2, "n_embd": 64, "n_head": 2, "intermediate_size": 128}'
 MEMORY = '{"blocks": [1], "n_keys": 8, "heads": 2, "k": 4, "key_dim": 16}'
-TINY_HOPE = '{"n_layer": 2, "n_embd": 64, "n_head": 2, "cms_hidden": [64, 64, 64]}'
+TINY_HOPE = (  # hope-debug's level periods, narrower levels
+    '{"n_layer": 2, "n_embd": 64, "n_head": 2, "cms_levels": [{"hidden": 64, "tokens_per_update": 16, '
+    '"steps_per_update": 1}, {"hidden": 64, "tokens_per_update": 64, "steps_per_update": 2}, '
+    '{"hidden": 64, "tokens_per_update": 256, "steps_per_update": 4}]}'
+)
 
 
 @pytest.fixture(scope="module")

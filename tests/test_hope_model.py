@@ -20,8 +20,11 @@ SMALL = dict(
     max_seq_len=128,
     hope_chunk_size=4,
     hope_memory_chunk_size=8,
-    cms_hidden=[16, 24, 8],
-    cms_periods=[4, 8, 16],
+    cms_levels=[
+        {"hidden": 16, "tokens_per_update": 4, "steps_per_update": 1},
+        {"hidden": 24, "tokens_per_update": 8, "steps_per_update": 4},
+        {"hidden": 8, "tokens_per_update": 16, "steps_per_update": 16},
+    ],
 )
 
 
@@ -59,10 +62,16 @@ def test_presets_build_and_are_cpu_sized():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"cms_hidden": [8, 8]}, "model.cms_hidden=[8, 8] has 2 entries but model.cms_periods=[4, 8, 16]"),
-        ({"cms_level_periods": [1, 2]}, "model.cms_level_periods=[1, 2] has 2 entries"),
-        ({"cms_level_rules": ["adamw", "lion", "sgd"]}, "unknown rules ['lion']"),
-        ({"cms_periods": [4, 0, 16]}, "each period >= 1 token"),
+        ({"cms_levels": []}, "model.cms_levels is empty"),
+        (
+            {"cms_levels": [{"hidden": 8}, {"steps_per_update": 0}]},
+            "model.cms_levels[1].steps_per_update=0 must be >= 1",
+        ),
+        ({"cms_levels": [{"rule": "lion"}]}, "model.cms_levels[0].rule='lion' is unknown"),
+        ({"cms_levels": [{"tokens_per_update": 0}]}, "model.cms_levels[0].tokens_per_update=0 must be >= 1"),
+        ({"cms_levels": [{"hidden": 0}]}, "model.cms_levels[0].hidden=0 must be >= 1"),
+        ({"cms_levels": [{"lr_scale": -1.0}]}, "model.cms_levels[0].lr_scale=-1.0 must be >= 0"),
+        ({"cms_levels": [{"period": 4}]}, "model.cms_levels[0] has an unknown key 'period'"),
         ({"cms_objective": "mse"}, "model.cms_objective='mse'"),
         ({"hope_chunk_size": 0}, "model.hope_chunk_size=0 must be >= 1"),
         ({"cms_inner_lr": -1.0}, "model.cms_inner_lr=-1.0"),
@@ -77,9 +86,10 @@ def test_invalid_hope_values_are_clear(overrides, message):
 
 # -- hope fit with the LevelOptimizer ----------------------------------------------------------------------------
 HOPE_OVERRIDES = (
-    '{"n_layer": 2, "n_embd": 64, "n_head": 2, "cms_hidden": [32, 32, 32], "cms_periods": [4, 8, 16],'
-    ' "cms_level_periods": [1, 2, 4], "cms_level_rules": ["adamw", "sgd", "deep_momentum"],'
-    ' "cms_level_lr_scale": [1.0, 0.5, 0.1], "hope_chunk_size": 8, "hope_memory_chunk_size": 8}'
+    '{"n_layer": 2, "n_embd": 64, "n_head": 2, "hope_chunk_size": 8, "hope_memory_chunk_size": 8, "cms_levels": ['
+    '{"hidden": 32, "tokens_per_update": 4, "steps_per_update": 1, "rule": "adamw", "lr_scale": 1.0}, '
+    '{"hidden": 32, "tokens_per_update": 8, "steps_per_update": 2, "rule": "sgd", "lr_scale": 0.5}, '
+    '{"hidden": 32, "tokens_per_update": 16, "steps_per_update": 4, "rule": "deep_momentum", "lr_scale": 0.1}]}'
 )
 
 

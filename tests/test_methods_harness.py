@@ -89,8 +89,11 @@ def test_harness_finetuning_keeps_cms_level_periods():
             n_layer=1,
             n_embd=32,
             n_head=2,
-            cms_hidden=[32, 32, 32],
-            cms_level_periods=[1, 4, 16],
+            cms_levels=[
+                {"hidden": 32, "tokens_per_update": 16, "steps_per_update": 1},
+                {"hidden": 32, "tokens_per_update": 64, "steps_per_update": 4},
+                {"hidden": 32, "tokens_per_update": 256, "steps_per_update": 16},
+            ],
             max_seq_len=64,
         )
     )

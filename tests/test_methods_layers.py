@@ -43,7 +43,10 @@ def test_gradual_unfreezing_thaws_from_the_top():
 
 
 def tiny_hope():
-    return tiny_model(family="hope", cms_hidden=[32, 32, 32])
+    return tiny_model(
+        family="hope",
+        cms_levels=[{"hidden": 32, "tokens_per_update": 16 * 16**i, "steps_per_update": 4**i} for i in range(3)],
+    )
 
 
 def test_cms_levels_trains_only_the_chosen_levels_of_a_hope_model():
@@ -59,7 +62,7 @@ def test_cms_levels_trains_only_the_chosen_levels_of_a_hope_model():
 
 
 def test_hope_finetuning_keeps_the_cms_level_periods():
-    """In `hope finetune`, HOPE models keep NL's outer loop: level l steps every cms_level_periods[l] steps."""
+    """In `hope finetune`, HOPE models keep NL's outer loop: level l steps every cms_levels[l].steps_per_update."""
     model = tiny_hope()
     configure_trainable(model, freeze=["embed.*"])
     method = LayerwiseLRDecay(decay=0.5)
@@ -67,7 +70,7 @@ def test_hope_finetuning_keeps_the_cms_level_periods():
     assert isinstance(optimizer, LevelOptimizer)
     period_of = {n: g["period"] for g in optimizer.param_groups for n in g["names"]}
     lr_of = {n: g["peak_lr"] for g in optimizer.param_groups for n in g["names"]}
-    periods = model.config.cms_level_periods
+    periods = [level.steps_per_update for level in model.config.cms_levels]
     assert [period_of[f"blocks.0.cms.levels.{lv}.mlp.up.weight"] for lv in range(3)] == periods
     assert period_of["head.weight"] == 1 and "embed.weight" not in period_of
     assert lr_of["head.weight"] == 1.0 and lr_of["blocks.1.cms.levels.0.mlp.up.weight"] == 0.5  # decay still applies

@@ -42,7 +42,7 @@ def test_stacked_model_reproduces_transformer(tmp_path, mlp_level, capsys):
     assert "--model.init_from" in capsys.readouterr().out
     stacked = load_model(tmp_path / "stacked" / "model.ckpt").double()
     cfg = stacked.config
-    assert cfg.family == "hope-attention" and len(cfg.cms_periods) == 3  # three levels from one MLP per block
+    assert cfg.family == "hope-attention" and len(cfg.cms_levels) == 3  # three levels from one MLP per block
     assert cfg.resolved_cms_hidden[mlp_level - 1] == 48
     idx = torch.randint(0, 64, (2, 40))
     expected = transformer(idx)[0]

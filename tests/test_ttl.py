@@ -19,11 +19,10 @@ SMALL = dict(
     max_seq_len=128,
     hope_chunk_size=4,
     hope_memory_chunk_size=8,
-    cms_hidden=[16, 24],
-    cms_periods=[4, 8],
-    cms_level_periods=[1, 2],
-    cms_level_rules=["adamw", "adamw"],
-    cms_level_lr_scale=[1.0, 1.0],
+    cms_levels=[
+        {"hidden": 16, "tokens_per_update": 4, "steps_per_update": 1},
+        {"hidden": 24, "tokens_per_update": 8, "steps_per_update": 2},
+    ],
 )
 
 

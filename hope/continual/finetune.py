@@ -41,7 +41,8 @@ class TaskLoop:
     """How a method learns one task of the retention harness by itself (``hope finetune`` uses the Trainer and
     ``model.optim`` instead). Each task gets a fresh optimizer at a constant lr, built as ``hope finetune`` builds
     its own (``FinetuneMethod.build_optimizer``): HOPE models keep their CMS level periods, so level l steps every
-    ``cms_level_periods[l]`` steps of a task (a level whose period exceeds a task's steps does not move in it)."""
+    ``cms_levels[l].steps_per_update`` steps of a task (a level whose period exceeds a task's steps does not move
+    in it)."""
 
     lr: float = 1e-3
     """Learning rate (1e-3 suits the ~3M-parameter debug models with AdamW; SMF with SGD uses ~1 to 5)."""

@@ -71,8 +71,8 @@ class HopeState(NamedTuple):
 def build_cms(config: ModelConfig) -> ContinuumMemory:
     return ContinuumMemory(
         config.n_embd,
-        list(config.resolved_cms_hidden),
-        list(config.cms_periods),
+        config.resolved_cms_hidden,
+        [level.tokens_per_update for level in config.cms_levels],
         inner_lr=config.cms_inner_lr,
         objective=config.cms_objective,
         norm=True,

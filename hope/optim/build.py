@@ -2,9 +2,9 @@
 
 Every family but HOPE trains with AdamW under a ``LambdaLR`` warmup/cosine. Models with CMS levels (the HOPE
 families) train with one ``LevelOptimizer``, which runs the same schedule itself: CMS level l of every block steps
-every ``cms_level_periods[l]`` optimizer steps on its summed gradients, with rule ``cms_level_rules[l]`` and peak lr
-``lr * cms_level_lr_scale[l]`` (NL Eq. 31 in the outer loop); every other parameter is AdamW at every step. Its
-state dict (step counters, partial gradient sums) is all that resuming needs. Groups carry ``level`` ("base",
+every ``cms_levels[l].steps_per_update`` optimizer steps on its summed gradients, with rule ``cms_levels[l].rule``
+and peak lr ``lr * cms_levels[l].lr_scale`` (NL Eq. 31 in the outer loop); every other parameter is AdamW at every
+step. Its state dict (step counters, partial gradient sums) is all that resuming needs. Groups carry ``level`` ("base",
 "level1", ...) for logging.
 """
 
@@ -31,12 +31,8 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def _level_spec(config, level: int, lr: float) -> dict:
     """LevelOptimizer settings of CMS level ``level`` (0-based) at peak lr ``lr`` times its scale."""
-    return {
-        "rule": config.cms_level_rules[level],
-        "period": config.cms_level_periods[level],
-        "lr": lr * config.cms_level_lr_scale[level],
-        "level": f"level{level + 1}",
-    }
+    spec = config.cms_levels[level]
+    return {"rule": spec.rule, "period": spec.steps_per_update, "lr": lr * spec.lr_scale, "level": f"level{level + 1}"}
 
 
 def _schedule(cfg: OptimConfig, total_steps: int) -> dict:
@@ -62,7 +58,7 @@ def pretrain_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int) -> 
         "weight_decay": cfg.weight_decay,
     }
     base = {**common, "rule": "adamw", "lr": cfg.lr, "period": 1, "level": "base"}
-    levels = [{**common, **_level_spec(model.config, i, cfg.lr)} for i in range(len(model.config.cms_level_periods))]
+    levels = [{**common, **_level_spec(model.config, i, cfg.lr)} for i in range(len(model.config.cms_levels))]
     return {"optimizer": LevelOptimizer(level_param_groups(model, base, levels))}
 
 
@@ -77,7 +73,7 @@ def finetune_level_optimizer(model: nn.Module, groups: list[dict], cfg: OptimCon
     common = {"schedule": _schedule(cfg, total_steps), "betas": cfg.betas, "eps": cfg.eps}
     split: list[dict] = []
     for group in groups:
-        for level in [None, *range(len(model.config.cms_level_periods))]:
+        for level in [None, *range(len(model.config.cms_levels))]:
             keep = [i for i, p in enumerate(group["params"]) if level_of.get(id(p)) == level]
             if not keep:
                 continue
