@@ -107,7 +107,7 @@ class NeuralMemory(nn.Module):
         max_grad_norm: clip each token's inner gradient (all layers together) to this norm; None: no clipping.
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
-        memory_op: the memory update, with the signature of ``hope.ops.titans.chunked.titans_memory``; None: that
+        memory_op: the memory update, called like ``hope.ops.titans.titans_memory`` (without ``compile``); None: that
             chunk-parallel op. Tests pass the literal reference ``hope.ops.titans.naive.titans_memory``.
         compile: run the default op's per-chunk step through torch.compile (GPU speed; see hope.ops.titans.chunked).
     """

@@ -86,9 +86,9 @@ class SelfModifyingTitans(nn.Module):
         max_grad_norm: clip each token's inner gradient, per memory, to this norm (None: no clipping).
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
-        projections_op: the projection memories' loop, with the signature of
-            ``hope.ops.self_modifying.chunked.self_modifying_projections``; None: that chunk-parallel op.
-        memory_op: M_memory's loop, with the signature of ``hope.ops.self_modifying.chunked.dgd_memory``; None: that
+        projections_op: the projection memories' loop, called like
+            ``hope.ops.self_modifying.self_modifying_projections`` (without ``compile``); None: that chunk-parallel op.
+        memory_op: M_memory's loop, called like ``hope.ops.self_modifying.dgd_memory`` (without ``compile``); None: that
             chunk-parallel op. Tests pass the literal references of ``hope.ops.self_modifying.naive``.
         compile: run each chunk step of the default ops through torch.compile (see hope.ops.self_modifying.chunked).
     """
