@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hope.layers.neural_memory import NeuralMemory, NeuralMemoryState
-from hope.ops.titans import memory_mlp
+from hope.ops.common import memory_mlp
+from hope.ops.titans import naive
 
 D_MODEL, H, DH, C = 32, 2, 8, 4
 
@@ -85,8 +86,8 @@ def test_conv_cache_is_needed_for_streaming():
 def test_naive_and_chunked_layers_agree(kw):
     x = tokens(13)
     results = []
-    for impl in ("chunked", "naive"):
-        mem = make(impl=impl, **kw)
+    for memory_op in (None, naive.titans_memory):
+        mem = make(memory_op=memory_op, **kw)
         y, s = mem(x)
         loss = (y * torch.linspace(-1, 1, D_MODEL, dtype=torch.float64)).sum() + sum(W.sum() for W in s.weights)
         grads = torch.autograd.grad(loss, list(mem.parameters()))

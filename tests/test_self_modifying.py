@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hope.layers.self_modifying import SelfModifyingState, SelfModifyingTitans
+from hope.ops.self_modifying import naive
 
 D_MODEL, H, C, CM = 16, 2, 3, 4
 
@@ -55,8 +56,8 @@ def test_chunked_matches_naive_outputs_and_parameter_gradients(adaptive_q):
     """Gradients w.r.t. every outer parameter: initial memories, readouts, W_q, conv, output layers."""
     x = tokens(13)
     results = []
-    for impl in ("chunked", "naive"):
-        layer = make(adaptive_q=adaptive_q, impl=impl)
+    for ops in ({}, {"projections_op": naive.self_modifying_projections, "memory_op": naive.dgd_memory}):
+        layer = make(adaptive_q=adaptive_q, **ops)
         y, state = layer(x)
         loss = (y * tokens(13, seed=5)).sum() + sum(t.sum() for t in flat_state(state))
         names, params = zip(*layer.named_parameters(), strict=True)

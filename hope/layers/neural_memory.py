@@ -52,6 +52,7 @@ For MAC (retrieve -> attend -> write, Titans §4.1) the two halves are exposed s
 on its own: every chunk reads, then writes.
 """
 
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -59,8 +60,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hope.ops.titans import chunked, naive
-from hope.ops.titans.naive import memory_mlp
+from hope.layers.memory_io import causal_conv, detach_field, gated_output, split_heads, zero_conv_cache
+from hope.ops.common import memory_mlp
+from hope.ops.titans import titans_memory
 
 __all__ = ["NeuralMemory", "NeuralMemoryState"]
 
@@ -79,18 +81,7 @@ class NeuralMemoryState(NamedTuple):
 
     def detach(self) -> "NeuralMemoryState":
         """The same state cut from the autograd graph (truncated backpropagation through time)."""
-        return NeuralMemoryState(*(_detach(field) for field in self))
-
-
-def _detach(tensors):
-    return None if tensors is None else tuple(t.detach() for t in tensors)
-
-
-def _causal_conv(conv: nn.Conv1d, h_BTC: torch.Tensor, cache_BCK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal conv of h [B, T, C] continuing from the cached last K-1 inputs [B, C, K-1]."""
-    h_BCT = torch.cat([cache_BCK, h_BTC.mT], dim=-1)  # [B, C, K-1+T]
-    keep = cache_BCK.shape[-1]
-    return conv(h_BCT).mT, h_BCT[..., h_BCT.shape[-1] - keep :]
+        return NeuralMemoryState(*(detach_field(field) for field in self))
 
 
 class NeuralMemory(nn.Module):
@@ -116,8 +107,9 @@ class NeuralMemory(nn.Module):
         max_grad_norm: clip each token's inner gradient (all layers together) to this norm; None: no clipping.
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
-        impl: "chunked" (chunk-parallel op) or "naive" (literal chunk loop, for tests).
-        compile: run the chunked op's per-chunk step through torch.compile (GPU speed; see hope.ops.titans.chunked).
+        memory_op: the memory update, called like ``hope.ops.titans.titans_memory`` (without ``compile``); None: that
+            chunk-parallel op. Tests pass the literal reference ``hope.ops.titans.naive.titans_memory``.
+        compile: run the default op's per-chunk step through torch.compile (GPU speed; see hope.ops.titans.chunked).
     """
 
     def __init__(
@@ -141,20 +133,20 @@ class NeuralMemory(nn.Module):
         max_grad_norm: float | None = 10.0,
         output_norm: bool = True,
         output_gate: bool = True,
-        impl: str = "chunked",
+        memory_op: Callable | None = None,
         compile: bool = False,
     ):
         super().__init__()
         if linear_memory:
             depth, residual = 1, False
-        if depth < 1 or impl not in ("chunked", "naive"):
-            raise ValueError(f"need depth >= 1 and impl in ('chunked', 'naive'), got {depth=}, {impl=}")
+        if depth < 1 or (compile and memory_op is not None):
+            raise ValueError(f"need depth >= 1 and compile only for the default memory_op, got {depth=}, {compile=}")
         self.n_head, self.head_dim, self.chunk_size = n_head, head_dim, chunk_size
         self.use_momentum, self.use_weight_decay = use_momentum, use_weight_decay
         self.qk_norm, self.residual, self.activation = qk_norm, residual, activation
         self.max_lr = 1 / (2 * chunk_size) if max_lr is None else max_lr
         self.ema_momentum, self.max_grad_norm = ema_momentum, max_grad_norm
-        self.impl, self.compile = impl, compile
+        self.memory_op = partial(titans_memory, compile=compile) if memory_op is None else memory_op
         inner = n_head * head_dim
 
         self.q_proj = nn.Linear(d_model, inner, bias=False)
@@ -189,37 +181,27 @@ class NeuralMemory(nn.Module):
         momentum = tuple(ref.new_zeros(batch_size, *W.shape) for W in self.memory_init)
         conv_cache = None
         if self.q_conv is not None:
-            K = self.q_conv.kernel_size[0]
-            conv_cache = (
-                ref.new_zeros(batch_size, self.q_conv.in_channels, K - 1),
-                ref.new_zeros(batch_size, self.kv_conv.in_channels, K - 1),
-            )
+            conv_cache = tuple(zero_conv_cache(conv, batch_size, ref) for conv in (self.q_conv, self.kv_conv))
         kv = ref.new_zeros(batch_size, self.n_head, 0, self.head_dim)
         gate = ref.new_zeros(batch_size, self.n_head, 0)
         return NeuralMemoryState(weights, momentum, conv_cache, (kv, kv, gate, gate, gate))
 
     # ---- projections -------------------------------------------------------------------------------------------
 
-    def _heads(self, h_BTC: torch.Tensor) -> torch.Tensor:
-        B, T, _ = h_BTC.shape
-        return h_BTC.view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, T, H*Dh] -> [B, H, T, Dh]
-
     def _project(self, x, proj, conv, cache):
-        h = proj(x)
-        if conv is not None:
-            h, cache = _causal_conv(conv, h, cache)
+        h, cache = causal_conv(conv, proj(x), cache)
         return F.silu(h), cache
 
     def _queries(self, x, state):
         cache = None if state.conv_cache is None else state.conv_cache[0]
         q, cache = self._project(x, self.q_proj, self.q_conv, cache)
-        q = self._heads(q)
+        q = split_heads(q, self.head_dim)
         return (F.normalize(q, dim=-1) if self.qk_norm else q), cache
 
     def _keys_values(self, x, state):
         cache = None if state.conv_cache is None else state.conv_cache[1]
         kv, cache = self._project(x, self.kv_proj, self.kv_conv, cache)
-        k, v = self._heads(kv).chunk(2, dim=1)  # heads 0..H-1 are k, H..2H-1 are v
+        k, v = split_heads(kv, self.head_dim).chunk(2, dim=1)  # heads 0..H-1 are k, H..2H-1 are v
         return (F.normalize(k, dim=-1) if self.qk_norm else k), v, cache
 
     def _gates(self, x):
@@ -233,13 +215,7 @@ class NeuralMemory(nn.Module):
         return theta, eta, alpha
 
     def _output(self, y_BHTD, x):
-        if self.out_norm is not None:
-            y_BHTD = self.out_norm(y_BHTD)
-        B, H, T, D = y_BHTD.shape
-        y = y_BHTD.transpose(1, 2).reshape(B, T, H * D)  # merge heads
-        if self.out_gate is not None:
-            y = y * F.silu(self.out_gate(x))
-        return self.out_proj(y)
+        return gated_output(y_BHTD, x, self.out_norm, self.out_gate, self.out_proj)
 
     # ---- memory ------------------------------------------------------------------------------------------------
 
@@ -256,10 +232,9 @@ class NeuralMemory(nn.Module):
         n_full = k.shape[2] // self.chunk_size * self.chunk_size
         weights, momentum, ys = state.weights, state.momentum, []
         if n_full:
-            op = partial(chunked.titans_memory, compile=self.compile) if self.impl == "chunked" else naive.titans_memory
             to_write = (t[:, :, :n_full] for t in (k, v, *gates))
             q_full = None if q is None else q[:, :, :n_full]
-            y, (weights, momentum) = op(
+            y, (weights, momentum) = self.memory_op(
                 q_full,
                 *to_write,
                 weights,

@@ -30,6 +30,7 @@ eta, alpha) of the unfinished memory chunk; until a chunk is complete its tokens
 with. So one call equals any split of it into calls (token-by-token generation included).
 """
 
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -37,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hope.ops.self_modifying import chunked, naive
+from hope.layers.memory_io import causal_conv, detach_field, gated_output, split_heads, zero_conv_cache
+from hope.ops.common import project, residual_mlp
+from hope.ops.self_modifying import dgd_memory, self_modifying_projections
 
 __all__ = ["SelfModifyingTitans", "SelfModifyingState"]
 
@@ -58,18 +61,12 @@ class SelfModifyingState(NamedTuple):
 
     def detach(self) -> "SelfModifyingState":
         """The same state cut from the autograd graph (truncated backpropagation through time)."""
-        return SelfModifyingState(*(_detach(field) for field in self))
+        return SelfModifyingState(*(detach_field(field) for field in self))
 
 
 def _cat(parts, dim):
     """torch.cat that returns a lone part as is (one copy fewer in the forward and the backward)."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
-
-
-def _detach(x):
-    if x is None or isinstance(x, torch.Tensor):
-        return None if x is None else x.detach()
-    return tuple(t.detach() for t in x)
 
 
 class SelfModifyingTitans(nn.Module):
@@ -89,8 +86,11 @@ class SelfModifyingTitans(nn.Module):
         max_grad_norm: clip each token's inner gradient, per memory, to this norm (None: no clipping).
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
-        impl: "chunked" (chunk-parallel op) or "naive" (literal chunk loops, for tests).
-        compile: run each chunk step of the chunked op through torch.compile (see hope.ops.self_modifying.chunked).
+        projections_op: the projection memories' loop, called like
+            ``hope.ops.self_modifying.self_modifying_projections`` (without ``compile``); None: that chunk-parallel op.
+        memory_op: M_memory's loop, called like ``hope.ops.self_modifying.dgd_memory`` (without ``compile``); None: that
+            chunk-parallel op. Tests pass the literal references of ``hope.ops.self_modifying.naive``.
+        compile: run each chunk step of the default ops through torch.compile (see hope.ops.self_modifying.chunked).
     """
 
     def __init__(
@@ -108,12 +108,16 @@ class SelfModifyingTitans(nn.Module):
         max_grad_norm: float | None = 10.0,
         output_norm: bool = True,
         output_gate: bool = True,
-        impl: str = "chunked",
+        projections_op: Callable | None = None,
+        memory_op: Callable | None = None,
         compile: bool = False,
     ):
         super().__init__()
-        if d_model % n_head or impl not in ("chunked", "naive"):
-            raise ValueError(f"need d_model % n_head == 0 and impl in ('chunked', 'naive'), got {n_head=}, {impl=}")
+        injected = projections_op is not None or memory_op is not None
+        if d_model % n_head or (compile and injected):
+            raise ValueError(
+                f"need d_model % n_head == 0 and compile only for the default ops, got {n_head=}, {compile=}"
+            )
         D = d_model // n_head
         E = expansion * D
         N = 5 if adaptive_q else 4
@@ -122,11 +126,10 @@ class SelfModifyingTitans(nn.Module):
         self.adaptive_q, self.activation = adaptive_q, activation
         self.max_lr = 1 / (2 * max(chunk_size, memory_chunk_size)) if max_lr is None else max_lr
         self.max_grad_norm = max_grad_norm
-        if impl == "chunked":
-            self._write_projections = partial(chunked.self_modifying_projections, compile=compile)
-            self._write_memory = partial(chunked.dgd_memory, compile=compile)
-        else:
-            self._write_projections, self._write_memory = naive.self_modifying_projections, naive.dgd_memory
+        self.projections_op = (
+            partial(self_modifying_projections, compile=compile) if projections_op is None else projections_op
+        )
+        self.memory_op = partial(dgd_memory, compile=compile) if memory_op is None else memory_op
 
         self.conv = nn.Conv1d(d_model, d_model, conv_kernel, groups=d_model, bias=False) if use_conv else None
         self.q_proj = None if adaptive_q else nn.Linear(d_model, d_model, bias=False)
@@ -158,9 +161,7 @@ class SelfModifyingTitans(nn.Module):
         B, H, D = batch_size, self.n_head, self.head_dim
         expand = lambda W: W.expand(B, *W.shape)  # noqa: E731
         ref = self.memory_W1
-        conv_cache = None
-        if self.conv is not None:
-            conv_cache = ref.new_zeros(B, self.conv.in_channels, self.conv.kernel_size[0] - 1)
+        conv_cache = None if self.conv is None else zero_conv_cache(self.conv, B, ref)
         seq, gate = ref.new_zeros(B, H, 0, D), ref.new_zeros(B, H, 0)
         return SelfModifyingState(
             (expand(self.projections_W1), expand(self.projections_W2)),
@@ -172,17 +173,6 @@ class SelfModifyingTitans(nn.Module):
 
     # ---- pieces ------------------------------------------------------------------------------------------------
 
-    def _heads(self, h_BTC: torch.Tensor) -> torch.Tensor:
-        B, T, _ = h_BTC.shape
-        return h_BTC.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, T, H*D] -> [B, H, T, D]
-
-    def _conv(self, x_BTC, cache_BCK):
-        if self.conv is None:
-            return x_BTC, None
-        h_BCT = torch.cat([cache_BCK, x_BTC.mT], dim=-1)  # [B, C, K-1+T]
-        keep = cache_BCK.shape[-1]
-        return self.conv(h_BCT).mT, h_BCT[..., h_BCT.shape[-1] - keep :]
-
     def _project(self, x_BHTD, state):
         """k, v, eta, alpha, q_adaptive of the new tokens; writes every complete projection chunk."""
         P = state.pending_x.shape[2]
@@ -192,12 +182,12 @@ class SelfModifyingTitans(nn.Module):
         gates = (self.gate_w, self.gate_b, self.max_lr)
         parts = []
         if n_full:
-            outs, (W1, W2) = self._write_projections(
+            outs, (W1, W2) = self.projections_op(
                 xs[:, :, :n_full], W1, W2, *gates, self.chunk_size, self.activation, self.max_grad_norm
             )
             parts.append(outs)
         if n_full < xs.shape[2] or not parts:  # the unfinished chunk, read at the weights it started with
-            parts.append(naive.project(W1, W2, xs[:, :, n_full:], *gates, self.activation))
+            parts.append(project(W1, W2, xs[:, :, n_full:], *gates, self.activation))
         outs = [None if p[0] is None else _cat(p, dim=2)[:, :, P:] for p in zip(*parts, strict=True)]
         return outs, (W1, W2), xs[:, :, n_full:]
 
@@ -212,21 +202,12 @@ class SelfModifyingTitans(nn.Module):
         ys = []
         if n_full:
             full = (t[:, :, :n_full] for t in (q, k, v, eta, alpha))
-            y, (W1, W2) = self._write_memory(*full, W1, W2, self.memory_chunk_size, self.activation, self.max_grad_norm)
+            y, (W1, W2) = self.memory_op(*full, W1, W2, self.memory_chunk_size, self.activation, self.max_grad_norm)
             ys.append(y)
         if n_full < k.shape[2] or not ys:  # the unfinished chunk reads the weights it started with
-            ys.append(naive.residual_mlp(W1, W2, q[:, :, n_full:], self.activation))
+            ys.append(residual_mlp(W1, W2, q[:, :, n_full:], self.activation))
         pending = tuple(t[:, :, n_full:] for t in (q, k, v, eta, alpha))
         return _cat(ys, dim=2)[:, :, P:], (W1, W2), pending
-
-    def _output(self, y_BHTD, x):
-        if self.out_norm is not None:
-            y_BHTD = self.out_norm(y_BHTD)
-        B, H, T, D = y_BHTD.shape
-        y = y_BHTD.transpose(1, 2).reshape(B, T, H * D)  # merge heads
-        if self.out_gate is not None:
-            y = y * F.silu(self.out_gate(x))
-        return self.out_proj(y)
 
     # ---- public API --------------------------------------------------------------------------------------------
 
@@ -235,9 +216,10 @@ class SelfModifyingTitans(nn.Module):
     ) -> tuple[torch.Tensor, SelfModifyingState]:
         """x [B, T, d_model] -> y [B, T, d_model] and the new state; every memory learns in context (Eq. 88)."""
         state = self.init_state(x.shape[0]) if state is None else state
-        xc, conv_cache = self._conv(x, state.conv_cache)
-        (k, v, eta, alpha, q), projections, pending_x = self._project(self._heads(xc), state)
+        xc, conv_cache = causal_conv(self.conv, x, state.conv_cache)
+        (k, v, eta, alpha, q), projections, pending_x = self._project(split_heads(xc, self.head_dim), state)
         if q is None:
-            q = F.normalize(self._heads(self.q_proj(xc)), dim=-1)  # Eq. 83: the one static projection
+            q = F.normalize(split_heads(self.q_proj(xc), self.head_dim), dim=-1)  # Eq. 83: the one static projection
         y, memory, pending = self._retrieve(q, k, v, eta, alpha, state)
-        return self._output(y, x), SelfModifyingState(projections, memory, conv_cache, pending_x, pending)
+        y = gated_output(y, x, self.out_norm, self.out_gate, self.out_proj)
+        return y, SelfModifyingState(projections, memory, conv_cache, pending_x, pending)

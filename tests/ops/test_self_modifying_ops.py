@@ -1,16 +1,25 @@
 """Chunk-parallel self-modifying Titans op against its literal references, in float64."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from hope.ops.common import project, self_modifying_titans
 from hope.ops.self_modifying import chunked, naive
 
 B, H, D, E = 2, 2, 4, 8
 F64 = torch.float64
 MAX_LR = 0.5
+# the two loops run one after the other, with the chunk-parallel ops or with the literal references
+self_modifying_chunked = partial(
+    self_modifying_titans, projections_op=chunked.self_modifying_projections, memory_op=chunked.dgd_memory
+)
+self_modifying_naive = partial(
+    self_modifying_titans, projections_op=naive.self_modifying_projections, memory_op=naive.dgd_memory
+)
 
 
 def _gen(seed):
@@ -88,8 +97,8 @@ def assert_rel_close(actual, expected, rel=1e-10):
 )
 def test_chunked_matches_naive_chunk_loop(T, C, Cm, activation, adaptive_q):
     kw = dict(max_lr=MAX_LR, chunk_size=C, memory_chunk_size=Cm, activation=activation)
-    out, grads = outputs_and_grads(chunked.self_modifying_titans, make_inputs(T, adaptive_q), **kw)
-    out_ref, grads_ref = outputs_and_grads(naive.self_modifying_titans, make_inputs(T, adaptive_q), **kw)
+    out, grads = outputs_and_grads(self_modifying_chunked, make_inputs(T, adaptive_q), **kw)
+    out_ref, grads_ref = outputs_and_grads(self_modifying_naive, make_inputs(T, adaptive_q), **kw)
     assert max(o.abs().max() for o in out) < 10  # a bounded inner loop, so the comparison means something
     assert_rel_close(out, out_ref)
     assert_rel_close(grads, grads_ref)
@@ -108,7 +117,7 @@ def test_chunk_size_one_is_the_per_token_recurrence(adaptive_q):
     out_ref, grads_ref = outputs_and_grads(
         naive.self_modifying_titans_recurrent, make_inputs(7, adaptive_q), max_lr=MAX_LR
     )
-    for fn in (naive.self_modifying_titans, chunked.self_modifying_titans):
+    for fn in (self_modifying_naive, self_modifying_chunked):
         kw = dict(max_lr=MAX_LR, chunk_size=1, memory_chunk_size=1)
         out, grads = outputs_and_grads(fn, make_inputs(7, adaptive_q), **kw)
         assert_rel_close(out, out_ref)
@@ -176,7 +185,7 @@ def test_vanishing_and_saturated_gates_stay_exact():
     assert_rel_close(grads, grads_ref)
 
 
-@pytest.mark.parametrize("fn", [chunked.self_modifying_titans, naive.self_modifying_titans])
+@pytest.mark.parametrize("fn", [self_modifying_chunked, self_modifying_naive])
 def test_streaming_halves_at_a_common_chunk_boundary(fn):
     """Chunks are relative to the call: a split at a multiple of both chunk sizes (here 12) changes nothing."""
     x = make_inputs(19)
@@ -203,7 +212,7 @@ def test_projection_memories_learn_in_context():
     (k, v, eta, alpha, _), (W1, W2) = chunked.self_modifying_projections(
         x["x"], *x["projections"], x["gate_w"], x["gate_b"], MAX_LR, chunk_size=4
     )
-    k0, v0, eta0, alpha0, _ = naive.project(*x["projections"], x["x"], x["gate_w"], x["gate_b"], MAX_LR)
+    k0, v0, eta0, alpha0, _ = project(*x["projections"], x["x"], x["gate_w"], x["gate_b"], MAX_LR)
     for a, b in ((k, k0), (v, v0), (eta, eta0), (alpha, alpha0)):
         torch.testing.assert_close(a[:, :, :4], b[:, :, :4], rtol=1e-13, atol=1e-15)
         assert not torch.allclose(a[:, :, 4:], b[:, :, 4:])
@@ -213,13 +222,11 @@ def test_projection_memories_learn_in_context():
 def test_clipped_chunked_matches_naive_chunk_loop(T, C, Cm, adaptive_q):
     """Per-token inner gradient clipping: norms from |k| |d1| and |h| |d2| equal the literal clip of each gradient."""
     kw = dict(max_lr=MAX_LR, chunk_size=C, memory_chunk_size=Cm, max_grad_norm=0.3)
-    out, grads = outputs_and_grads(chunked.self_modifying_titans, make_inputs(T, adaptive_q), **kw)
-    out_ref, grads_ref = outputs_and_grads(naive.self_modifying_titans, make_inputs(T, adaptive_q), **kw)
+    out, grads = outputs_and_grads(self_modifying_chunked, make_inputs(T, adaptive_q), **kw)
+    out_ref, grads_ref = outputs_and_grads(self_modifying_naive, make_inputs(T, adaptive_q), **kw)
     assert_rel_close(out, out_ref)
     assert_rel_close(grads, grads_ref)
-    unclipped, _ = outputs_and_grads(
-        chunked.self_modifying_titans, make_inputs(T, adaptive_q), **kw | {"max_grad_norm": None}
-    )
+    unclipped, _ = outputs_and_grads(self_modifying_chunked, make_inputs(T, adaptive_q), **kw | {"max_grad_norm": None})
     assert (unclipped[0] - out[0]).norm() > 1e-3 * out[0].norm(), "max_grad_norm=0.3 should clip these inputs"
 
 
@@ -231,9 +238,7 @@ def test_clipped_dgd_memory_and_recurrence():
     assert_rel_close(grads, grads_ref)
     ref = outputs_and_grads(naive.self_modifying_titans_recurrent, make_inputs(7), max_lr=MAX_LR, max_grad_norm=0.3)
     kw = dict(max_lr=MAX_LR, chunk_size=1, memory_chunk_size=1, max_grad_norm=0.3)
-    for actual, expected in zip(
-        outputs_and_grads(chunked.self_modifying_titans, make_inputs(7), **kw), ref, strict=True
-    ):
+    for actual, expected in zip(outputs_and_grads(self_modifying_chunked, make_inputs(7), **kw), ref, strict=True):
         assert_rel_close(actual, expected)
 
 

@@ -1,16 +1,11 @@
-"""Self-modifying Titans op (Nested Learning §8): chunk-parallel ``self_modifying_titans`` and its two loops.
+"""Self-modifying Titans op (Nested Learning §8): its two chunk-parallel loops.
 
-The naive references (per-token recurrence and literal chunk loops) live in ``hope.ops.self_modifying.naive``.
+``self_modifying_projections`` (the projection memories) and ``dgd_memory`` (the retrieval memory);
+``hope.ops.common.self_modifying_titans`` runs one after the other, and holds the shared ``project`` and
+``residual_mlp``. The naive references (per-token recurrence and literal chunk loops), which only tests and
+benchmarks import, live in ``hope.ops.self_modifying.naive``.
 """
 
-from hope.ops.self_modifying.chunked import dgd_memory, self_modifying_projections, self_modifying_titans
-from hope.ops.self_modifying.naive import PROJECTIONS, project, residual_mlp
+from hope.ops.self_modifying.chunked import dgd_memory, self_modifying_projections
 
-__all__ = [
-    "self_modifying_titans",
-    "self_modifying_projections",
-    "dgd_memory",
-    "project",
-    "residual_mlp",
-    "PROJECTIONS",
-]
+__all__ = ["dgd_memory", "self_modifying_projections"]

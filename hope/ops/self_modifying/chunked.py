@@ -36,13 +36,11 @@ chunk) and their input, so their W1 are kept side by side, [D, N E]: one matmul 
 """
 
 import torch
-import torch.nn.functional as F
 
+from hope.ops.common import ACTIVATIONS, clip_scale, read_projections
 from hope.ops.compile import compiled
-from hope.ops.self_modifying.naive import ALPHA, ETA, K, Memory, Q, V
-from hope.ops.titans.naive import ACTIVATIONS, clip_scale
 
-__all__ = ["dgd_memory", "self_modifying_projections", "self_modifying_titans", "gate_products", "chunk_maps"]
+__all__ = ["dgd_memory", "self_modifying_projections", "gate_products", "chunk_maps"]
 
 
 class _GateProducts(torch.autograd.Function):
@@ -202,16 +200,12 @@ def dgd_memory(
 
 
 def _project(W1, W2, x, gate_w, gate_b, max_lr: float, activation: str):
-    """``naive.project`` with the side-by-side W1 [B, H, D, N E]: one matmul gives every memory's hidden layer."""
+    """``common.project`` with the side-by-side W1 [B, H, D, N E]: one matmul gives every memory's hidden layer."""
     act = ACTIVATIONS[activation][0]
     N, E = W2.shape[2:4]
-    h = act(x @ W1).unflatten(-1, (N, E)).transpose(2, 3)  # [B, H, N, C, E]
+    h = act(x @ W1).unflatten(-1, (N, E)).transpose(2, 3)  # [B, H, C, N E] -> [B, H, N, C, E]
     out = x[:, :, None] + h @ W2  # every memory on the same x: [B, H, N, C, D]
-    logits = torch.einsum("bhntd,hnd->bhnt", out[:, :, ETA : ALPHA + 1], gate_w) + gate_b[None, :, :, None]
-    eta, alpha = max_lr * torch.sigmoid(logits[:, :, 0]), torch.sigmoid(logits[:, :, 1])
-    k, v = F.normalize(out[:, :, K : V + 1], dim=-1).unbind(2)
-    q = F.normalize(out[:, :, Q], dim=-1) if N > Q else None
-    return k, v, eta, alpha, q
+    return read_projections(out, gate_w, gate_b, max_lr)
 
 
 def _write_shared(W1, W2, k, v, eta, alpha, activation: str, max_grad_norm=None):
@@ -278,31 +272,3 @@ def self_modifying_projections(
         outs.append(out)
     cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
     return tuple(cat), (W1.unflatten(-1, (N, E)).transpose(2, 3), W2)
-
-
-def self_modifying_titans(
-    x,
-    q,
-    projections: Memory,
-    memory: Memory,
-    gate_w,
-    gate_b,
-    max_lr,
-    chunk_size,
-    memory_chunk_size,
-    activation="silu",
-    max_grad_norm=None,
-    compile: bool = False,
-):
-    """Chunk-parallel self-modifying Titans; arguments and result exactly as ``naive.self_modifying_titans``.
-
-    ``compile=True`` runs each chunk step of both loops through torch.compile (same math; needs a working
-    inductor backend, i.e. a C++ compiler on CPU or Triton on GPU).
-    """
-    (k, v, eta, alpha, q_mem), projections = self_modifying_projections(
-        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation, max_grad_norm, compile
-    )
-    y, memory = dgd_memory(
-        q_mem if q is None else q, k, v, eta, alpha, *memory, memory_chunk_size, activation, max_grad_norm, compile
-    )
-    return y, projections, memory

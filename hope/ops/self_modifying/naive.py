@@ -1,4 +1,4 @@
-"""Self-modifying Titans (Nested Learning, arXiv 2512.24695 §8, Eqs. 83-93): the memories and literal references.
+"""Self-modifying Titans (Nested Learning, arXiv 2512.24695 §8, Eqs. 83-93): the model and literal references.
 
 Everything is per batch element b and head h (leading dims [B, H, ...]); D is the head width, E the hidden width.
 
@@ -6,8 +6,8 @@ Memories. Each memory is the 2-layer residual MLP of Eq. 91, written for row vec
     M(x) = x + act(x W1) W2,    W1: [.., D, E] (input side),  W2: [.., E, D] (output side)
   (the paper's column form is (.) + W_{.,1} act(W_{.,2}(.)), so our W1 is its W_{.,2}.) Two groups of memories
   are updated on two clocks (§8.2):
-  * the projection memories, stacked on a memory axis N in the order ``PROJECTIONS`` = (k, v, eta, alpha[, q]):
-    W1_BHNDE, W2_BHNED, updated every ``chunk_size`` tokens;
+  * the projection memories, stacked on a memory axis N in the order ``hope.ops.common.PROJECTIONS`` =
+    (k, v, eta, alpha[, q]): W1_BHNDE, W2_BHNED, updated every ``chunk_size`` tokens;
   * the retrieval memory M_memory: W1_BHDE, W2_BHED, updated every ``memory_chunk_size`` tokens.
 
 Projections (Eqs. 83-86), at the weights the current projection chunk started with:
@@ -43,8 +43,9 @@ Retrieval (Eq. 83): y_t = M_memory(q_t) at the weights the memory chunk of t sta
   is y_t = M_{memory,t-1}(q_t): read, then write, as in the paper.
 
 The two groups decouple: k, v, eta, alpha depend only on the projection memories, and M_memory only on them, so
-the projection loop runs first over the whole sequence, then the memory loop. Chunks are counted from the start
-of each call (the last one may be shorter); ``hope.layers.self_modifying`` buffers partial chunks for streaming.
+the projection loop runs first over the whole sequence, then the memory loop: ``hope.ops.common.self_modifying_titans``
+composes either pair of loops. Chunks are counted from the start of each call (the last one may be shorter);
+``hope.layers.self_modifying`` buffers partial chunks for streaming.
 
 This module is the reference: per-token gradients come from ``torch.autograd.grad(create_graph=True)`` and the
 (alpha I - eta k k^T) factors are explicit D x D matrices applied token by token. ``chunked.py`` must match it to
@@ -52,42 +53,10 @@ float64 round-off, outputs, final states and gradients.
 """
 
 import torch
-import torch.nn.functional as F
 
-from hope.ops.titans.naive import ACTIVATIONS, clip_scale
+from hope.ops.common import Memory, clip_grads, project, residual_mlp
 
-__all__ = [
-    "PROJECTIONS",
-    "residual_mlp",
-    "project",
-    "dgd_memory",
-    "self_modifying_projections",
-    "self_modifying_titans",
-    "self_modifying_titans_recurrent",
-]
-
-PROJECTIONS = ("k", "v", "eta", "alpha", "q")  # order on the memory axis N; q only when it is adaptive
-K, V, ETA, ALPHA, Q = range(5)
-
-Memory = tuple[torch.Tensor, torch.Tensor]  # (W1, W2)
-
-
-def residual_mlp(W1: torch.Tensor, W2: torch.Tensor, x: torch.Tensor, activation: str = "silu") -> torch.Tensor:
-    """M(x) = x + act(x W1) W2 (Eq. 91) for x [.., T, D], W1 [.., D, E], W2 [.., E, D]; returns [.., T, D]."""
-    return x + ACTIVATIONS[activation][0](x @ W1) @ W2
-
-
-def project(W1, W2, x, gate_w, gate_b, max_lr: float, activation: str = "silu"):
-    """Eqs. 84-86 at fixed weights: x [B, H, T, D] -> (k, v [B, H, T, D], eta, alpha [B, H, T], q or None).
-
-    W1 [B, H, N, D, E], W2 [B, H, N, E, D] are the stacked projection memories (N = 4, or 5 with adaptive q);
-    gate_w [H, 2, D] and gate_b [H, 2] are the (eta, alpha) readouts.
-    """
-    out = residual_mlp(W1, W2, x[:, :, None], activation)  # every memory on the same x: [B, H, N, T, D]
-    logits = torch.einsum("bhntd,hnd->bhnt", out[:, :, ETA : ALPHA + 1], gate_w) + gate_b[None, :, :, None]
-    eta, alpha = max_lr * torch.sigmoid(logits[:, :, 0]), torch.sigmoid(logits[:, :, 1])
-    q = F.normalize(out[:, :, Q], dim=-1) if W1.shape[2] > Q else None
-    return F.normalize(out[:, :, K], dim=-1), F.normalize(out[:, :, V], dim=-1), eta, alpha, q
+__all__ = ["dgd_memory", "self_modifying_projections", "self_modifying_titans_recurrent"]
 
 
 def _inner_grads(W1, W2, k, vhat, activation):
@@ -108,17 +77,11 @@ def _dgd_step(W1, W2, G1, G2, k, eta, alpha):
     return W1, alpha * W2 - eta * G2
 
 
-def _clip(G1, G2, max_norm):
-    """One token's (G1, G2), scaled together to a norm of at most max_norm per memory (Titans' ``_clip``)."""
-    scale = clip_scale(G1.pow(2).sum((-2, -1)) + G2.pow(2).sum((-2, -1)), max_norm)
-    return (G1, G2) if scale is None else (G1 * scale[..., None, None], G2 * scale[..., None, None])
-
-
 def _write_chunk(W1, W2, k, v, eta, alpha, activation, max_grad_norm=None):
     """Write a chunk: gradients at the chunk-start (W1, W2), then the per-token Eq. 88 sweep. k, v [.., C, D]."""
     vhat = residual_mlp(W1, W2, v, activation)  # Eq. 87
     grads = [
-        _clip(*_inner_grads(W1, W2, k[..., t, None, :], vhat[..., t, None, :], activation), max_grad_norm)
+        clip_grads(_inner_grads(W1, W2, k[..., t, None, :], vhat[..., t, None, :], activation), max_grad_norm)
         for t in range(k.shape[-2])
     ]
     for t, (G1, G2) in enumerate(grads):
@@ -146,7 +109,7 @@ def self_modifying_projections(
     """The projection memories over a sequence, literally: each chunk projects x at its start weights, then every
     memory writes (k, M_m(v)) with the chunk's shared k, eta, alpha.
 
-    x: [B, H, T, D]; W1 [B, H, N, D, E], W2 [B, H, N, E, D]; gates as in :func:`project`.
+    x: [B, H, T, D]; W1 [B, H, N, D, E], W2 [B, H, N, E, D]; gates as in ``hope.ops.common.project``.
     Returns ((k, v, eta, alpha, q or None) over the whole sequence, final (W1, W2)).
     """
     outs = []
@@ -157,33 +120,6 @@ def self_modifying_projections(
         W1, W2 = _write_chunk(W1, W2, *shared, activation, max_grad_norm)
     cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
     return tuple(cat), (W1, W2)
-
-
-def self_modifying_titans(
-    x,
-    q,
-    projections: Memory,
-    memory: Memory,
-    gate_w,
-    gate_b,
-    max_lr,
-    chunk_size,
-    memory_chunk_size,
-    activation="silu",
-    max_grad_norm=None,
-):
-    """Projection loop, then memory loop (they decouple, see the module docstring).
-
-    x: [B, H, T, D] (the memories' input); q: [B, H, T, D] l2-normalised queries, or None for adaptive q (needs
-    N = 5 projection memories). Returns y [B, H, T, D], final projection memories, final M_memory.
-    """
-    (k, v, eta, alpha, q_mem), projections = self_modifying_projections(
-        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation, max_grad_norm
-    )
-    y, memory = dgd_memory(
-        q_mem if q is None else q, k, v, eta, alpha, *memory, memory_chunk_size, activation, max_grad_norm
-    )
-    return y, projections, memory
 
 
 def self_modifying_titans_recurrent(
@@ -198,8 +134,8 @@ def self_modifying_titans_recurrent(
     max_grad_norm=None,
 ):
     """Exact per-token recurrence of Eqs. 83-88, both loops interleaved token by token: project x_t and read y_t
-    at the weights after token t-1, then write every memory. Equals :func:`self_modifying_titans` with both chunk
-    sizes 1, which checks that running the two loops one after the other is right."""
+    at the weights after token t-1, then write every memory. Equals ``hope.ops.common.self_modifying_titans`` with
+    both chunk sizes 1, which checks that running the two loops one after the other is right."""
     ys = []
     for t in range(x.shape[2]):
         tok = slice(t, t + 1)

@@ -1,9 +1,9 @@
-"""Titans neural long-term memory op: ``titans_memory`` (chunk-parallel) and the memory MLP ``memory_mlp``.
+"""Titans neural long-term memory op: ``titans_memory`` (chunk-parallel).
 
-The naive references (per-token recurrence and literal chunk loop) live in ``hope.ops.titans.naive``.
+The memory MLP ``memory_mlp`` lives in ``hope.ops.common``; the naive references (per-token recurrence and literal
+chunk loop), which only tests and benchmarks import, in ``hope.ops.titans.naive``.
 """
 
 from hope.ops.titans.chunked import titans_memory
-from hope.ops.titans.naive import memory_mlp
 
-__all__ = ["titans_memory", "memory_mlp"]
+__all__ = ["titans_memory"]

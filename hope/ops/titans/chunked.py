@@ -27,13 +27,11 @@ outer-loop (second-order) gradients; nothing here calls autograd itself.
 import torch
 import torch.nn.functional as F
 
+from hope.ops.common import ACTIVATIONS, Weights, clip_scale
 from hope.ops.compile import compiled
 from hope.ops.scan import linear_scan
-from hope.ops.titans.naive import ACTIVATIONS, clip_scale
 
 __all__ = ["titans_memory"]
-
-Weights = tuple[torch.Tensor, ...]
 
 
 def chunk_coefficients(theta: torch.Tensor, eta: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, ...]:

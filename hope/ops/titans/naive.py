@@ -1,4 +1,4 @@
-"""Titans neural long-term memory (LMM): the memory MLP and two literal references for its update.
+"""Titans neural long-term memory (LMM): the model and two literal references for its update.
 
 Notation follows Titans (arXiv 2501.00663v1) §3.1-3.2; everything is per batch element b and head h, and every
 tensor carries both as its leading dims [B, H, ...].
@@ -9,7 +9,7 @@ Memory M (the inner-loop state is its weights W_1..W_L, W_l: [B, H, d_in, d_out]
   L = 1 with ``residual=False`` is the plain linear memory x W_1 (Titans App. C: with eta = 0 the LMM is then
   Gated DeltaNet up to the factor 2 of the squared loss). The residual form forgets towards the identity map
   instead of towards zero; it is the default because the deep memory of §5.5 is a residual MLP.
-  act = SiLU (default, the activation Titans uses on q/k/v) or exact GELU.
+  act = SiLU (default, the activation Titans uses on q/k/v) or exact GELU. (``hope.ops.common.memory_mlp``)
 
 Associative loss (Eq. 12), summed over the feature dim, not averaged:
     l(M; k_t, v_t) = ||M(k_t) - v_t||^2
@@ -20,8 +20,9 @@ Momentum and forgetting (Eqs. 13-14), with per-token, per-head gates theta, eta,
   with). Chunks are counted from the start of each call: [0, C), [C, 2C), ..., and the last one may be shorter.
   With C = 1 this is the exact per-token recurrence (t' = t - 1).
 Inner gradient clipping (optional, ``max_grad_norm`` = tau): each token's gradient, all layers together, is
-scaled by min(1, tau / ||grad l_t||) before it enters Eq. 13 (``clip_scale``). It bounds how far one chunk can
-move the memory, whatever the curvature of the data (see hope.layers.neural_memory for why this is needed).
+scaled by min(1, tau / ||grad l_t||) before it enters Eq. 13 (``hope.ops.common.clip_scale``). It bounds how far
+one chunk can move the memory, whatever the curvature of the data (see hope.layers.neural_memory for why this is
+needed).
 Retrieval: y_t = M_{t'}(q_t), i.e. the weights at the start of t's chunk, before any write of that chunk.
   With C = 1 this is y_t = M_{t-1}(q_t): read, then write. Reading the chunk-start weights is what lets the
   chunk-parallel form (chunked.py) answer every query of a chunk with one batched forward pass and never build
@@ -38,38 +39,11 @@ outer-loop gradients flow through the inner loop. ``chunked.py`` must match ``ti
 round-off, outputs, final state and gradients.
 """
 
-import math
-
 import torch
-import torch.nn.functional as F
 
-__all__ = ["memory_mlp", "titans_memory", "titans_memory_recurrent", "clip_scale", "ACTIVATIONS"]
+from hope.ops.common import Weights, clip_grads, memory_mlp
 
-Weights = tuple[torch.Tensor, ...]
-
-
-def _silu_grad(z: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))  # d/dz [z sigmoid(z)]
-
-
-def _gelu_grad(z: torch.Tensor) -> torch.Tensor:
-    # d/dz [z Phi(z)] = Phi(z) + z phi(z)
-    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-
-
-# name -> (act, act'); chunked.py needs the derivative for its hand-written backward
-ACTIVATIONS = {"silu": (F.silu, _silu_grad), "gelu": (F.gelu, _gelu_grad)}
-
-
-def memory_mlp(weights: Weights, x: torch.Tensor, residual: bool = True, activation: str = "silu") -> torch.Tensor:
-    """M(x) for x: [B, H, T, d_in] with weights W_l: [B, H, d_in, d_out]; returns [B, H, T, d_out]."""
-    act = ACTIVATIONS[activation][0]
-    h = x
-    for W in weights[:-1]:
-        h = act(h @ W)
-    out = h @ weights[-1]
-    return x + out if residual else out
+__all__ = ["titans_memory", "titans_memory_recurrent"]
 
 
 def _token_grads(weights: Weights, k: torch.Tensor, v: torch.Tensor, residual: bool, activation: str) -> Weights:
@@ -82,23 +56,6 @@ def _token_grads(weights: Weights, k: torch.Tensor, v: torch.Tensor, residual: b
         ws = tuple(W if W.requires_grad else W.detach().requires_grad_() for W in weights)
         loss = (memory_mlp(ws, k, residual, activation) - v).pow(2).sum()  # Eq. 12
         return torch.autograd.grad(loss, ws, create_graph=outer)
-
-
-def clip_scale(sq_norm: torch.Tensor, max_norm: float | None) -> torch.Tensor | None:
-    """min(1, max_norm / sqrt(sq_norm)), elementwise; None when there is no clipping.
-
-    Written as max_norm / sqrt(max(sq_norm, max_norm^2)) so that no sqrt is ever taken of zero: its gradient
-    would be 0 * inf = NaN even where the clamp has cut it.
-    """
-    if max_norm is None:
-        return None
-    return max_norm / sq_norm.clamp_min(max_norm**2).sqrt()
-
-
-def _clip(grads: Weights, max_norm: float | None) -> Weights:
-    """One token's per-layer gradients [B, H, d_in, d_out], scaled together to a norm of at most max_norm."""
-    scale = clip_scale(sum(G.pow(2).sum((-2, -1)) for G in grads), max_norm)
-    return grads if scale is None else tuple(G * scale[..., None, None] for G in grads)
 
 
 def _momentum_step(weights, momentum, grads, theta, eta, alpha):
@@ -130,7 +87,7 @@ def titans_memory_recurrent(
     for t in range(q.shape[2]):
         tok = slice(t, t + 1)
         ys.append(memory_mlp(weights, q[:, :, tok], residual, activation))  # read before the write
-        grads = _clip(_token_grads(weights, k[:, :, tok], v[:, :, tok], residual, activation), max_grad_norm)
+        grads = clip_grads(_token_grads(weights, k[:, :, tok], v[:, :, tok], residual, activation), max_grad_norm)
         weights, momentum = _momentum_step(weights, momentum, grads, theta[..., t], eta[..., t], alpha[..., t])
     return torch.cat(ys, dim=2), (weights, momentum)
 
@@ -163,7 +120,7 @@ def titans_memory(
         if q is not None:
             ys.append(memory_mlp(W0, q[:, :, start : chunk.stop], residual, activation))
         grads = [
-            _clip(_token_grads(W0, k[:, :, t : t + 1], v[:, :, t : t + 1], residual, activation), max_grad_norm)
+            clip_grads(_token_grads(W0, k[:, :, t : t + 1], v[:, :, t : t + 1], residual, activation), max_grad_norm)
             for t in chunk
         ]
         for t, G in zip(chunk, grads, strict=True):
