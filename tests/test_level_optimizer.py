@@ -99,13 +99,27 @@ def test_deep_momentum_matches_the_hand_written_update():
             assert history[s + 1][0][c].item() == pytest.approx(W, rel=1e-13, abs=1e-15)
 
 
-def test_deep_momentum_optimizer_equals_the_level_rule():
-    shapes = [(4, 3)]
-    a, b = params(*shapes), params(*shapes)
-    gs = grads(5, shapes)
-    ours = run(LevelOptimizer(a, lr=0.05, rule="deep_momentum", momentum=0.7, key_scale=2.0), a, gs)
-    standalone = run(DeepMomentum(b, lr=0.05, momentum=0.7, key_scale=2.0), b, gs)
-    torch.testing.assert_close(ours, standalone, rtol=0, atol=0)
+def test_deep_momentum_optimizer_against_hand_computed_values():
+    """DMGD (NL Eq. 23) on one scalar, lr 0.1, retention 0.5, key scale 2, worked out by hand:
+
+    step 1, u = 0.5:   t = tanh(2 * 0.5) = 0.761594;  a = -0.1 t u = -0.038080;  b = -0.1 u = -0.05;  w = 2
+                       W = 1 + b + a tanh(w u) = 1 - 0.05 - 0.038080 * 0.761594 = 0.920999
+    step 2, u = -0.25: t = tanh(-0.5) = -0.462117;  dw = a (1 - t^2) u^2 = -0.038080 * 0.786448 * 0.0625 = -0.001872
+                       a = 0.5 * -0.038080 - 0.1 t u = -0.030593;  b = 0.5 * -0.05 + 0.025 = 0;  w = 2 + 0.000187
+                       W = 0.920999 + 0 - 0.030593 * tanh(2.000187 * -0.25) = 0.935137
+    """
+    p = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = DeepMomentum([p], lr=0.1, momentum=0.5, key_scale=2.0)
+    expected = [  # (W, b, a, w) after each step
+        (0.9209987170807012, -0.05, -0.03807970779778824, 2.0),
+        (0.9351372927193913, 0.0, -0.030592782830394363, 2.0001871731241847),
+    ]
+    for u, (W, b, a, w) in zip((0.5, -0.25), expected, strict=True):
+        p.grad = torch.tensor([u], dtype=torch.float64)
+        opt.step()
+        state = opt.state[p]
+        got = [p.item(), state["dm_b"].item(), state["dm_a"].item(), state["dm_w"].item()]
+        assert got == pytest.approx([W, b, a, w], rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.parametrize(
