@@ -93,6 +93,8 @@ def legacy_cms_levels(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 @dataclass
 class ModelConfig:
+    """Architecture of one model: family, sizes, attention, Titans memory, HOPE/CMS settings; validated on creation."""
+
     name: str = "custom"
     """Preset name this config came from (informational; shown in logs and saved beside checkpoints)."""
     family: str = "transformer"
@@ -207,15 +209,18 @@ class ModelConfig:
     # ----------------------------------------------------------------------------------------------------
     @property
     def padded_vocab_size(self) -> int:
+        """``vocab_size`` rounded up to a multiple of ``padding_multiple``: rows of the embedding and output head."""
         m = self.padding_multiple
         return (self.vocab_size + m - 1) // m * m
 
     @property
     def resolved_head_dim(self) -> int:
+        """Per-head width: ``head_dim``, or ``n_embd // n_head`` when it is None."""
         return self.head_dim if self.head_dim is not None else self.n_embd // self.n_head
 
     @property
     def resolved_intermediate_size(self) -> int:
+        """SwiGLU hidden width: ``intermediate_size``, or 8/3 * n_embd rounded up to a multiple of 64 if None."""
         if self.intermediate_size is not None:
             return self.intermediate_size
         return (8 * self.n_embd // 3 + 63) // 64 * 64
@@ -307,6 +312,7 @@ class ModelConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain dict (CMS levels as dicts too); ``from_dict`` reads it back."""
         return dataclasses.asdict(self)
 
     @classmethod

@@ -62,6 +62,7 @@ def convert(source: str | Path, out_dir: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``hope convert CHECKPOINT OUT_DIR``: parse the arguments, convert, print what was written."""
     parser = argparse.ArgumentParser(
         prog="hope convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

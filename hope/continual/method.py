@@ -58,7 +58,8 @@ class TestSet(Protocol):
     chance: float | None
     """The score of guessing, drawn in plots (``None`` if it has none)."""
 
-    def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float: ...
+    def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float:
+        """Score of ``model`` on this test split given the method's ``context``, in the unit of ``metric``."""
 
 
 @dataclass

@@ -225,6 +225,7 @@ def recall(
 
 
 def format_recall(report: dict) -> str:
+    """Text of a recall report: needle accuracy by kind and context length, associative recall by number of pairs."""
     lines = []
     if "needle" in report:
         lengths = report["needle"]["lengths"]
@@ -264,6 +265,7 @@ lm-eval: lm-evaluation-harness's own arguments with the `hope` model registered
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``hope eval``: ``lm-eval`` goes to lm-evaluation-harness, the rest to the perplexity/retention/recall CLI."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("lm-eval", "lm_eval"):
         lm_eval(args[1:])

@@ -67,6 +67,7 @@ class HopeEvalLM(TemplateLM):
     # -- tokenization ------------------------------------------------------------------------------------------
     @property
     def eot_token_id(self) -> int:
+        """End-of-text id for lm-eval: the tokenizer's EOS, or BOS if it has none."""
         tok = self.hope_tokenizer
         return tok.eos_id if tok.eos_id is not None else tok.bos_id
 
@@ -77,13 +78,16 @@ class HopeEvalLM(TemplateLM):
         return tok.bos_id if tok.bos_id is not None else self.eot_token_id
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        """Token ids of ``string``, with BOS in front only when lm-eval asks for special tokens."""
         return self.hope_tokenizer.encode(string, bos=bool(add_special_tokens))
 
     def tok_decode(self, tokens: list[int], **kwargs) -> str:
+        """Text of the token ids ``tokens``."""
         return self.hope_tokenizer.decode(tokens)
 
     @property
     def tokenizer_name(self) -> str:
+        """Path of the SentencePiece model, which lm-eval records as the tokenizer's name."""
         return str(self.hope_tokenizer.path)
 
     # -- scoring -----------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def resolve_tokenizer(checkpoint: str | Path | None, tokenizer: str | None = Non
 
 
 def default_device() -> str:
+    """``"cuda"`` when a GPU is available, else ``"cpu"``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -48,11 +48,13 @@ class Totals:
         self.bucket_n = np.zeros(0, dtype=np.int64)
 
     def add_text(self, text: str) -> None:
+        """Count one document and its UTF-8 bytes and lm-eval words."""
         self.documents += 1
         self.bytes += metrics.count_bytes(text)
         self.words += metrics.count_words(text)
 
     def add_scores(self, logprobs: torch.Tensor, positions: np.ndarray) -> None:
+        """Add scored tokens' log-probs [N] to the totals and to the buckets of their document positions [N]."""
         lp = logprobs.numpy()
         self.loglikelihood += float(lp.sum())
         self.tokens += len(lp)
@@ -65,6 +67,7 @@ class Totals:
         np.add.at(self.bucket_n, buckets, 1)
 
     def report(self) -> dict:
+        """Totals and metrics: token/byte/word perplexity, bits per byte, and perplexity by position bucket."""
         ll = self.loglikelihood
         if self.tokens == 0:
             raise ValueError("no tokens were scored: the documents are empty after tokenization")

@@ -46,6 +46,7 @@ _SYLLABLES = ["ba", "ko", "ri", "tu", "mel", "zan", "po", "ve", "lin", "dor", "s
 
 
 def pseudo_word(rng: random.Random) -> str:
+    """A random three-syllable nonsense word (keys and values of the ``number``/``word`` needles)."""
     return "".join(rng.choice(_SYLLABLES) for _ in range(3))
 
 

@@ -88,6 +88,7 @@ def rolling_windows(n_tokens: int, window: int) -> list[Window]:
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameters."""
     return next(model.parameters()).device
 
 
@@ -97,6 +98,7 @@ def real_vocab_logits(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
 
 
 def is_stateless(state: list | None) -> bool:
+    """Whether ``state`` carries nothing: None, or a list of only None (e.g. a Transformer++'s per-block state)."""
     return state is None or all(s is None for s in state)
 
 

@@ -24,6 +24,7 @@ class FinetuneCLI(HopeCLI):
     """``HopeCLI`` over ``FinetuneLitModule``, with the ``method:`` section passed to the model."""
 
     def add_arguments_to_parser(self, parser) -> None:
+        """Add the ``method:`` section (a ``FinetuneMethod``, default ``FullFinetune``), linked to ``model.method``."""
         super().add_arguments_to_parser(parser)
         parser.add_subclass_arguments(
             FinetuneMethod, "method", required=False, default={"class_path": "hope.continual.methods.FullFinetune"}

@@ -21,12 +21,16 @@ from hope.checkpoint import atomic_torch_save, atomic_write_bytes, load_checkpoi
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
+    """Torch checkpoint I/O whose local writes are atomic (``<path>.tmp``, then ``os.replace``)."""
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to a local ``path`` atomically; other filesystems go through Lightning's own save."""
         if not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
+        """The checkpoint at ``path`` on the CPU, with an actionable error if it is missing or truncated."""
         return load_checkpoint_file(path)
 
 
@@ -45,6 +49,7 @@ class ConfigCheckpoint(ModelCheckpoint):
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        """Default ``dirpath`` to ``<default_root_dir>/checkpoints``, then Lightning's setup."""
         self._default_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
 

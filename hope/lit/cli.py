@@ -41,7 +41,10 @@ class SaveConfigBesideCheckpoints(SaveConfigCallback):
 
 
 class HopeCLI(LightningCLI):
+    """LightningCLI with ``checkpoint:``/``progress_bar:`` sections, a clear corrupt-checkpoint error, a fit summary."""
+
     def add_arguments_to_parser(self, parser) -> None:
+        """Put the always-present callbacks in their own sections: ``checkpoint:`` (save_last on), ``progress_bar:``."""
         # Always-present callbacks get their own config sections (``checkpoint:``, ``progress_bar:``) rather than
         # living in ``trainer.callbacks``, where a YAML list would add a second copy instead of configuring them.
         parser.add_lightning_class_args(ConfigCheckpoint, "checkpoint")
@@ -61,6 +64,7 @@ class HopeCLI(LightningCLI):
             ) from err
 
     def after_fit(self) -> None:
+        """On rank 0, print the step count, the last (or best) checkpoint and where the TensorBoard logs are."""
         if not self.trainer.is_global_zero:
             return
         ckpt = self.trainer.checkpoint_callback

@@ -103,6 +103,7 @@ class TextDataModule(L.LightningDataModule):
 
     @property
     def vocab_size(self) -> int:
+        """Number of token ids of the data module's tokenizer."""
         return self.tokenizer.vocab_size
 
     @property
@@ -246,6 +247,7 @@ class TextDataModule(L.LightningDataModule):
         return settings
 
     def state_dict(self) -> dict[str, Any]:
+        """The data position (micro-batches consumed by this rank) and the settings it depends on, for checkpoints."""
         return {"consumed_batches": self.consumed_batches, **self._settings()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -270,6 +272,7 @@ class DataPositionCallback(L.Callback):
     """
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        """Call the data module's ``advance()`` once per training micro-batch, if it has one."""
         advance = getattr(trainer.datamodule, "advance", None)
         if advance is not None:
             advance()

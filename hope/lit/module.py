@@ -65,10 +65,12 @@ class HopeLitModule(L.LightningModule):
         self._last_batch_end: float | None = None
 
     def forward(self, idx_BT: torch.Tensor, state: list | None = None):
+        """Logits [B, T, padded_vocab_size] and the new per-block state of the wrapped ``HopeLM``."""
         return self.model(idx_BT, state)
 
     # -- checks against the data ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        """Check that the data module's tokenizer fits the vocabulary and ``data.seq_len`` fits ``max_seq_len``."""
         datamodule = getattr(self.trainer, "datamodule", None)
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is not None:
@@ -81,10 +83,12 @@ class HopeLitModule(L.LightningModule):
             )
 
     def configure_callbacks(self):
+        """Callbacks every run needs: the data position saved in checkpoints, and the Slurm requeue."""
         return [DataPositionCallback(), SlurmRequeue()]
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Next-token loss of one batch; logs train/loss, train/ppl and train/lr."""
         logits, _ = self.model(batch["input_ids"])
         loss = next_token_loss(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True)
@@ -93,6 +97,7 @@ class HopeLitModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Log train/tokens_per_sec (all ranks, between batch ends), CMS levels' updates and lr, and train/tokens."""
         tokens = batch["input_ids"].numel() * self.trainer.world_size
         now = time.perf_counter()
         if self._last_batch_end is not None:
@@ -102,6 +107,7 @@ class HopeLitModule(L.LightningModule):
         self.log("train/tokens", float((self.global_step + 1) * tokens * self.trainer.accumulate_grad_batches))
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        """Log the gradient norm before clipping: ``train/grad_norm``, and ``train/<level>/grad_norm`` per CMS level."""
         norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
         if norms:  # DeepSpeed ZeRO keeps gradients in its own buffers; then there is nothing to read here
             self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
@@ -117,6 +123,7 @@ class HopeLitModule(L.LightningModule):
             self.log(f"train/{level}/lr", float(groups[0]["lr"]))
 
     def configure_optimizers(self):
+        """AdamW + warmup/cosine over ``total_steps()``, or one ``LevelOptimizer`` for models with CMS levels."""
         return pretrain_optimizer(self.model, self.optim, self.total_steps())
 
     def total_steps(self) -> int:
@@ -130,15 +137,18 @@ class HopeLitModule(L.LightningModule):
 
     # -- validation -------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        """Zero the summed NLL and the target count of this validation (or test) pass."""
         self._val_nll = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Add one batch's summed next-token NLL and its number of targets (labels != -100); also the test step."""
         logits, _ = self.model(batch["input_ids"])
         self._val_nll += next_token_loss(logits, batch["labels"], reduction="sum").double()
         self._val_tokens += (batch["labels"] != -100).sum()
 
     def on_validation_epoch_end(self) -> None:
+        """Token-weighted loss over all ranks: log ``<stage>/loss`` and ``<stage>/ppl`` (val or test) and print them."""
         nll = self.trainer.strategy.reduce(self._val_nll, reduce_op="sum")
         tokens = self.trainer.strategy.reduce(self._val_tokens, reduce_op="sum")
         loss = (nll / tokens.clamp_min(1)).item()
@@ -155,4 +165,5 @@ class HopeLitModule(L.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the model config in the checkpoint (``model_config``), so it loads without the CLI config."""
         checkpoint["model_config"] = self.config.to_dict()

@@ -54,6 +54,7 @@ class SlurmRequeue(pl.Callback):
         self._checked_step = -1
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """When fitting under Slurm with auto-requeue, install a handler that only flags the requeue signal."""
         env = trainer._accelerator_connector.cluster_environment
         if stage != "fit" or not isinstance(env, SLURMEnvironment) or not env.auto_requeue:
             return
@@ -66,11 +67,13 @@ class SlurmRequeue(pl.Callback):
         self.requested = True  # only a flag: no collective call may run inside a signal handler
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Put back the signal handler that was there before ``setup``."""
         if self._signum is not None:
             signal.signal(self._signum, self._previous_handler or signal.SIG_DFL)
             self._signum = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        """At a new optimizer step, if any rank got the signal: save the hpc checkpoint, requeue (rank 0), stop."""
         step = trainer.global_step
         if self._signum is None or step == self._checked_step or step % self.check_every:
             return  # not under Slurm, or not at a new optimizer step (mid gradient accumulation)

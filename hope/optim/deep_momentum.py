@@ -60,6 +60,7 @@ class DeepMomentum(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One DMGD step for every parameter with a gradient; returns the closure's loss, if a closure is given."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -128,6 +128,7 @@ class LevelOptimizer(torch.optim.Optimizer):
         super().__init__(params, {**defaults, **hyper})
 
     def add_param_group(self, param_group: dict) -> None:
+        """Add a group: check its rule and period, turn its schedule into a factor, start its peak lr and step count."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if group["rule"] not in RULES or group["period"] < 1:
@@ -154,6 +155,7 @@ class LevelOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """Per group: count the step, set the scheduled lr, sum gradients; every ``period`` steps apply the rule."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

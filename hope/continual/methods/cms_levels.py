@@ -48,6 +48,7 @@ class CMSLevels(FinetuneMethod):
         self._patterns = [pattern.format(block=b, level=lvl) for b in block_keys for lvl in levels] + self.also
 
     def prepare(self, model: nn.Module) -> None:
+        """Raise if no parameter is named like a chosen CMS level (a model without CMS levels); no structural change."""
         names = [n for n, _ in model.named_parameters()]
         if not any(matches_any(n, self._patterns[: len(self._patterns) - len(self.also)]) for n in names):
             family = getattr(getattr(model, "config", None), "family", "?")
@@ -57,4 +58,5 @@ class CMSLevels(FinetuneMethod):
             )
 
     def trains(self, name: str) -> bool:
+        """Whether ``name`` is a parameter of a chosen level (of a chosen block) or matches an ``also`` pattern."""
         return matches_any(name, self._patterns)

@@ -120,6 +120,7 @@ def compare(
 
 
 def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
+    """One comparison row: the report's summary, general perplexity before and after, trainable params, seconds."""
     g, s = report["general"], report["summary"]
     return {
         "method": name,
@@ -137,6 +138,7 @@ def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
 
 
 def table(rows: list[dict], checkpoint: str, suite) -> str:
+    """The comparison rows as a Markdown table, under a line naming the starting checkpoint, the suite and chance."""
     head = (
         "| method | learned (acc. right after each task) | final avg. acc. | forgetting of facts | BWT | "
         "general ppl before → after | general ppl increase | trainable params | seconds |\n"

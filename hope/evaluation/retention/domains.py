@@ -60,6 +60,7 @@ class DomainSequence(TaskSuite):
         self.test_fraction, self.chunk, self.max_file_chars = test_fraction, chunk, max_file_chars
 
     def tasks(self) -> list[Task]:
+        """One task per domain: the start of its training files to learn, perplexity on its held-out files as test."""
         files = default_corpus_files()
         known = sorted({rel.split("/")[0] for rel, _ in files if "/" in rel})
         tasks = []

@@ -115,6 +115,8 @@ _YEARS = [str(y) for y in range(1702, 1999, 19)]
 
 @dataclass(frozen=True)
 class Relation:
+    """One relation of the synthetic facts: its name, candidate values, training templates and test cloze."""
+
     name: str
     values: list[str]
     train_templates: list[str]
@@ -206,6 +208,7 @@ class SyntheticFacts(TaskSuite):
         self.n_candidates, self.test_template, self.seed = n_candidates, test_template, seed
 
     def tasks(self) -> list[Task]:
+        """One task per group of new people: paraphrased facts to train on, candidate answers to rank as the test."""
         rng = random.Random(self.seed)
         people = _unique_names(rng, self.n_tasks * self.people_per_task)
         tasks = []

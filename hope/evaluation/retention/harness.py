@@ -34,6 +34,7 @@ def general_perplexity_set(max_tokens: int = 4096, max_documents: int = 8, chunk
 
 
 def evaluate_row(model: nn.Module, tokenizer: Tokenizer, method: ContinualMethod, tasks: list[Task]) -> list[float]:
+    """One row of R: every task's test score, each under the context the method gives for that task."""
     return [t.test.evaluate(model, tokenizer, method.eval_context(model, t, tokenizer)) for t in tasks]
 
 

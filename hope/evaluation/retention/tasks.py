@@ -57,6 +57,7 @@ class CandidateRanking:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float:
+        """Share of items whose right answer has the highest summed log-likelihood after context and prompt."""
         prefix = _bos(tokenizer) + list(context.tokens)
         correct = 0
         for item in self.items:
@@ -93,6 +94,7 @@ class HeldOutPerplexity:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float:
+        """Token perplexity of the test stream, chunk by chunk, each after the method's context (prefix, state)."""
         stream = self.tokens(tokenizer)
         room = max(model.config.max_seq_len + 1 - self.chunk, 0)  # prefix tokens that fit in a window with a chunk
         prefix, state = read_context(model, context.tokens, room, context.state)
@@ -121,6 +123,7 @@ class TaskSuite:
     name = "suite"
 
     def tasks(self) -> list[Task]:
+        """The suite's tasks in learning order; subclasses build them from their seeded options."""
         raise NotImplementedError
 
     def config(self) -> dict:
