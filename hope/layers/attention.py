@@ -91,12 +91,12 @@ class CausalSelfAttention(nn.Module):
         start, T = (0 if cache is None else cache.position), x_BTC.shape[1]
         positions_T = torch.arange(start, start + T, device=x_BTC.device)
         q_BHTD, k_BHTD, v_BHTD = self.project(x_BTC)
-        k_BHTD = self.rotate(k_BHTD, positions_T)
-        if cache is None and persistent_NC is None:
+        k_BHTD = self.rotate(k_BHTD, positions_T)  # once, at its stream position; the cache keeps it rotated
+        if cache is None and persistent_NC is None:  # training, or a stream's first call: the fused causal kernel
             q_BHTD = self.rotate(q_BHTD, positions_T)
             y_BTI = _merge_heads(causal_attention(q_BHTD, k_BHTD, v_BHTD, self.window, self.backend))
             keys_BHSD, values_BHSD = k_BHTD, v_BHTD
-        else:
+        else:  # earlier keys and/or the position-free prefix: an explicit mask over the key positions
             cache = self._empty_cache(x_BTC) if cache is None else cache
             keys_BHSD = torch.cat([cache.keys, k_BHTD], dim=2)
             values_BHSD = torch.cat([cache.values, v_BHTD], dim=2)
