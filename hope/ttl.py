@@ -12,9 +12,14 @@ next-token loss (summed, so each stream's update is independent of the batch) th
 
 1. ``step`` cuts the input into pieces that never cross an update of the fastest level, so every token of a piece
    reads the same fast weights;
-2. per piece, a forward pass records each CMS layer's input and output y, the loss is taken on the piece's own
-   next-token pairs (tokens seen, no look-ahead), and dL/dy of every CMS layer is backpropagated;
+2. per piece, the model's own forward runs (``HopeLM.forward``, so there is one forward path), with forward hooks
+   that record each CMS layer's input and output y; the loss is taken on the piece's own next-token pairs (tokens
+   seen, no look-ahead), and dL/dy of every CMS layer is backpropagated;
 3. each CMS layer then learns from the piece with ``teach = dL/dy`` (exact: y is the same as in step 2).
+
+Hooks rather than a learning flag in ``HopeLM.forward``: the model stays a plain function of (tokens, state), and
+the learner only observes it. A hook also turns the embedding's output into a detached leaf that requires grad, so
+the forward builds a graph from there to the loss even when every weight is frozen (and none reaches the weights).
 
 The pair (last token of a piece, first token of the next) teaches nothing: its target arrives in the next call,
 after the graph of the previous piece is gone. The fast weights live in the state (per stream), never in the
@@ -22,6 +27,9 @@ model, until ``consolidate``. The in-context steps are not differentiated (no me
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -79,18 +87,12 @@ class TestTimeLearner:
         return torch.cat(logits, dim=1), state
 
     def _learn(self, idx_BT: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
+        """One piece (steps 2-3 of the module docstring): logits and the advanced, detached state."""
         model = self.model
-        state = state if state is not None else [HopeState(None, None)] * len(model.blocks)
         with torch.enable_grad():
-            x = model.embed(idx_BT).detach().requires_grad_()  # a graph even if the weights are frozen
-            inputs, outputs, mixer_states = [], [], []
-            for block, block_state in zip(model.blocks, state, strict=True):
-                o, mixer_state = block.mix(x, block_state.mixer)
-                x, _ = block.cms(o, block_state.cms)  # learn=False: the fast weights in the state
-                inputs.append(o)
-                outputs.append(x)
-                mixer_states.append(mixer_state)
-            logits = model.head(model.norm(x))
+            with _recording_cms(model) as inputs_outputs:
+                logits, read_state = model(idx_BT, state)  # reads the fast weights; the CMS learn below
+            inputs, outputs = zip(*inputs_outputs, strict=True)
             teach = [None] * len(outputs)
             if self.cms[0].objective == "teach":
                 if idx_BT.shape[1] > 1:
@@ -99,9 +101,9 @@ class TestTimeLearner:
                 else:  # no pair inside the piece: nothing to learn from, but positions still advance
                     teach = [torch.zeros_like(y) for y in outputs]
         new_state = []
-        for block, o, t, mixer_state, block_state in zip(model.blocks, inputs, teach, mixer_states, state, strict=True):
-            _, cms_state = block.cms(o.detach(), block_state.cms, learn=True, teach=t)
-            new_state.append(HopeState(mixer_state, cms_state).detach())
+        for cms, o, t, read in zip(self.cms, inputs, teach, read_state, strict=True):
+            _, cms_state = cms(o.detach(), read.cms, learn=True, teach=t)
+            new_state.append(HopeState(read.mixer, cms_state).detach())
         return logits.detach(), new_state
 
     def discard(self, state: list) -> list:
@@ -115,3 +117,18 @@ class TestTimeLearner:
             HopeState(s.mixer, None if s.cms is None else cms.consolidate(s.cms))
             for cms, s in zip(self.cms, state, strict=True)
         ]
+
+
+@contextmanager
+def _recording_cms(model: HopeLM) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Within the context, the model's forward records (input, output y) of every block's CMS, in block order, and
+    starts its graph at the embedding's output (a detached leaf that requires grad)."""
+    records: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handles = [model.embed.register_forward_hook(lambda module, args, out: out.detach().requires_grad_())]
+    for block in model.blocks:
+        handles.append(block.cms.register_forward_hook(lambda module, args, out: records.append((args[0], out[0]))))
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
