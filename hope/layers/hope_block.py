@@ -52,6 +52,7 @@ class HopeState(NamedTuple):
 
 
 def build_cms(config: ModelConfig) -> ContinuumMemory:
+    """The CMS of a HOPE block: ``config.cms_levels``' widths and in-context periods (tokens), pre-norm levels."""
     return ContinuumMemory(
         config.n_embd,
         config.resolved_cms_hidden,
