@@ -25,12 +25,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+from hope.ops.common import MemoryRule
 from hope.ops.titans import chunked, naive
 
 IMPLS = {
-    "naive per-token": lambda x, C, **kw: naive.titans_memory_recurrent(**x, **kw),
-    "naive chunk loop": lambda x, C, **kw: naive.titans_memory(**x, chunk_size=C, **kw),
-    "chunked": lambda x, C, **kw: chunked.titans_memory(**x, chunk_size=C, **kw),
+    "naive per-token": naive.titans_memory_recurrent,
+    "naive chunk loop": naive.titans_memory,
+    "chunked": chunked.titans_memory,
 }
 
 
@@ -56,7 +57,9 @@ def make_inputs(T: int, args, device, dtype) -> dict:
 
 
 def fwd_bwd(impl: str, x: dict, args) -> None:
-    y, (W, S) = IMPLS[impl](x, args.chunk_size, max_grad_norm=args.max_grad_norm)
+    gates, state = (x["theta"], x["eta"], x["alpha"]), (x["weights"], x["momentum"])
+    rule = MemoryRule(args.chunk_size, max_grad_norm=args.max_grad_norm)
+    y, (W, S) = IMPLS[impl](x["q"], x["k"], x["v"], gates, state, rule)
     loss = y.square().mean() + sum(w.square().mean() for w in W)
     loss.backward()
 

@@ -17,7 +17,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from hope.config import ModelConfig  # noqa: E402
 from hope.evaluation.lm_eval_adapter import HopeEvalLM  # noqa: E402
 from hope.evaluation.perplexity import evaluate_perplexity  # noqa: E402
-from hope.evaluation.scoring import continuation_logprobs  # noqa: E402
+from hope.evaluation.scoring import continuation_token_scores, summed  # noqa: E402
 from hope.model import HopeLM  # noqa: E402
 
 DOCS = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n" * 4, "class A:\n    pass\n"]
@@ -57,7 +57,7 @@ def test_methods_match_hope_scorers(checkpoint):
     for (context, continuation), (ll, greedy) in zip(pairs[:2], scores[:2], strict=True):
         ctx = [tok.bos_id] + tok.encode(context, bos=False)
         cont = tok.encode(context + continuation, bos=False)[len(ctx) - 1 :]
-        assert (ll, greedy) == pytest.approx(continuation_logprobs(lm.model, ctx, [cont])[0])
+        assert (ll, greedy) == pytest.approx(summed(continuation_token_scores(lm.model, ctx, [cont]))[0])
     assert scores[2][0] < 0  # an empty context is conditioned on BOS
 
     out = lm.generate_until(

@@ -26,7 +26,7 @@ from hope.data.documents import load_documents, resolve_split
 from hope.evaluation.loading import load_for_eval
 from hope.evaluation.perplexity import evaluate_perplexity
 from hope.evaluation.plots import draw_perplexity_by_position, draw_recall, save_figure
-from hope.evaluation.recall import KINDS, evaluate_recall
+from hope.evaluation.recall import KINDS, Reading, evaluate_recall
 from hope.evaluation.retention import SyntheticFacts, TaskSuite
 from hope.evaluation.retention.harness import format_summary, general_perplexity_set, run_retention, write_outputs
 
@@ -212,10 +212,7 @@ def recall(
             hay,
             [4, 16, 64] if pairs is None else pairs,
             pair_samples,
-            state,
-            window,
-            seed,
-            progress,
+            Reading(window, state == "carry", seed, progress),
         )
     )
     print(format_recall(report))

@@ -32,7 +32,7 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from hope.evaluation.loading import load_for_eval
-from hope.evaluation.scoring import continuation_logprobs, read_context, rolling_windows, score_windows
+from hope.evaluation.scoring import continuation_token_scores, read_context, rolling_windows, score_windows, summed
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class HopeEvalLM(TemplateLM):
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for context, indices in tqdm(groups.items(), desc="loglikelihood", disable=disable_tqdm):
             continuations = [requests[i][2] for i in indices]
-            scores = continuation_logprobs(self.model, list(context), continuations, window=self.max_length)
+            scores = summed(continuation_token_scores(self.model, list(context), continuations, window=self.max_length))
             for i, (ll, greedy) in zip(indices, scores, strict=True):
                 results[i] = (ll, greedy)
                 if self.cache_hook is not None:

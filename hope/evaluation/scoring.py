@@ -191,20 +191,6 @@ def score_windows(
 
 
 @torch.no_grad()
-def continuation_logprobs(
-    model: nn.Module,
-    context: Sequence[int],
-    continuations: Sequence[Sequence[int]],
-    state: list | None = None,
-    window: int | None = None,
-) -> list[tuple[float, bool]]:
-    """``(sum log p(continuation | context), every token greedy)`` for each continuation of one context
-    (lm-eval's ``loglikelihood`` answer); see ``continuation_token_scores``."""
-    scores = continuation_token_scores(model, context, continuations, state, window)
-    return [(float(lp.sum()), bool(hit.all())) for lp, hit in scores]
-
-
-@torch.no_grad()
 def continuation_token_scores(
     model: nn.Module,
     context: Sequence[int],
@@ -250,3 +236,9 @@ def _batched_continuations(model, rows: list[list[int]], lengths: list[int], sta
         stop = len(r) - 1  # right padding comes after every scored position, so causality keeps it harmless
         out.append((lp[i, stop - n : stop].cpu(), hit[i, stop - n : stop].cpu()))
     return out
+
+
+def summed(token_scores: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[float, bool]]:
+    """``(sum log p(continuation | context), every token greedy)`` per continuation (lm-eval's ``loglikelihood``
+    answer) from ``continuation_token_scores``."""
+    return [(float(lp.sum()), bool(hit.all())) for lp, hit in token_scores]

@@ -8,6 +8,7 @@ imports only torch, so both a fast op and its naive twin can build on it without
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,9 @@ __all__ = [
     "ALPHA",
     "Q",
     "Weights",
+    "Gates",
+    "MemoryState",
+    "MemoryRule",
     "Memory",
     "clip_scale",
     "clip_grads",
@@ -32,6 +36,23 @@ __all__ = [
 ]
 
 Weights = tuple[torch.Tensor, ...]  # Titans memory MLP weights W_1..W_L, each [B, H, d_in, d_out]
+Gates = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # Titans theta, eta, alpha [B, H, T] in (0, 1) (Eqs. 13-14)
+MemoryState = tuple[Weights, Weights]  # Titans (weights, momentum): the memory M and its surprise S
+
+
+class MemoryRule(NamedTuple):
+    """The static settings of the Titans memory's inner loop (Titans §3.1-3.2), the same for every op."""
+
+    chunk_size: int = 1
+    """tokens per chunk; every gradient of a chunk is taken at its start weights (1: the exact recurrence)"""
+    residual: bool = True
+    """M(x) = x + MLP(x) (True) or MLP(x)"""
+    activation: str = "silu"
+    """hidden activation of the memory MLP: ``silu`` or ``gelu``"""
+    max_grad_norm: float | None = None
+    """clip each token's inner gradient (all layers together) to this norm; None: no clipping"""
+
+
 Memory = tuple[torch.Tensor, torch.Tensor]  # (W1, W2) of a self-modifying residual MLP (Eq. 91)
 
 PROJECTIONS = ("k", "v", "eta", "alpha", "q")  # order on the memory axis N; q only when it is adaptive

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hope.continual.method import EvalContext, Task
-from hope.evaluation.scoring import Window, continuation_logprobs, read_context, score_windows
+from hope.evaluation.scoring import Window, continuation_token_scores, read_context, score_windows, summed
 from hope.tokenizer import Tokenizer
 
 
@@ -62,7 +62,9 @@ class CandidateRanking:
         correct = 0
         for item in self.items:
             pairs = [encode_pair(tokenizer, item.prompt, " " + c) for c in item.candidates]
-            scores = continuation_logprobs(model, prefix + pairs[0][0], [cont for _, cont in pairs], context.state)
+            scores = summed(
+                continuation_token_scores(model, prefix + pairs[0][0], [c for _, c in pairs], context.state)
+            )
             best = max(range(len(scores)), key=lambda i: scores[i][0])
             correct += item.candidates[best] == item.answer
         return correct / len(self.items)
