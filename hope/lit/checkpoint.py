@@ -82,9 +82,11 @@ class ConfigCheckpoint(ModelCheckpoint):
         newest = newest_checkpoint(self.dirpath, trainer.default_root_dir)
         return {str(newest)} if newest is not None else set()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if self.save_last and self.dirpath is not None:  # the stored dirpath differs after a copy: keep last.ckpt
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        # Lightning restores last_model_path only from a checkpoint of the same folder and checkpoint.* settings;
+        # otherwise (a copied run folder) it would write last-v1.ckpt beside the last.ckpt it resumed from.
+        if trainer.ckpt_path is not None and self.save_last:
             self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
 
     def save_last_now(self, trainer) -> str:

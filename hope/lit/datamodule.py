@@ -256,7 +256,11 @@ class TextDataModule(L.LightningDataModule):
         return {"consumed_batches": self.consumed_batches, **self._settings()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the data position; refuse if the settings it depends on changed since it was saved."""
+        """Restore the data position; refuse if the settings it depends on changed since it was saved. Only
+        training has a data position: ``validate``/``test`` may use any data settings."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.state.fn != "fit":
+            return
         now = self._settings()
         changed = [f"{k}: {state_dict[k]!r} -> {v!r}" for k, v in now.items() if k in state_dict and state_dict[k] != v]
         if changed:

@@ -10,7 +10,8 @@ write a checkpoint whose weights are not finite.
 
 ``skip_batches: N`` (the ``divergence:`` section of ``hope fit``) skips up to N bad batches instead: their gradients
 are dropped, so the optimizer step leaves the weights as they are (the step and the schedule still advance), a
-warning names the batch, and ``train/skipped_batches`` counts them in TensorBoard (a running total, logged at every step). Batch N+1 stops the run.
+warning names the batch, and ``train/skipped_batches`` counts them in TensorBoard (a running total, logged at every
+step). Batch N+1 stops the run.
 
 The ranks agree on the decision with one all-reduce of a flag per optimizer step (after DDP's gradient all-reduce
 the gradients are the same on every rank, but a loss is per rank). Under DeepSpeed the gradients live in
