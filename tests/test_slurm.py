@@ -199,6 +199,33 @@ def test_requeue_on_signal_resumes(slurm_env, tmp_path):
     assert global_step(run_dir / "checkpoints" / "last.ckpt") == max_steps
 
 
+def test_sigterm_saves_and_fails_the_job(slurm_env, tmp_path):
+    """SIGTERM to both tasks mid-training (what `scancel` and preemption send): they save last.ckpt at one agreed
+    step and exit 143, so the job ends FAILED with exit code 143 instead of COMPLETED, and nothing is lost."""
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    max_steps = 400
+    job = submit(
+        slurm_env,
+        "slurm/pretrain.sbatch",
+        ["--nodes=1", "--ntasks-per-node=2", f"--output={log}"],
+        {"CONFIG": "configs/pretrain/debug.yaml", "RUN_DIR": str(run_dir)},
+        [*SMALL, "--trainer.max_steps", str(max_steps), "--trainer.num_sanity_val_steps", "0"],
+    )
+    deadline = time.monotonic() + 180
+    while not re.search(rf"Epoch 0:.*\| *([3-9]|\d\d+)/{max_steps} ", read_log(log)):
+        assert time.monotonic() < deadline, f"training did not reach step 3:\n{read_log(log)[-4000:]}"
+        assert job_info(slurm_env, job)["JobState"] in ("PENDING", "RUNNING"), read_log(log)[-4000:]
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=TERM", job], env=slurm_env, check=True, timeout=30)  # to the job steps
+
+    info = wait_done(slurm_env, job, log)
+    text = read_log(log)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "143:0", "0"), text[-4000:]
+    saved = re.search(r"\[hope\] SIGTERM: saved (\S+) at step (\d+)\.", text)
+    assert saved and Path(saved.group(1)) == run_dir / "checkpoints" / "last.ckpt", text[-4000:]
+    assert 3 <= global_step(run_dir / "checkpoints" / "last.ckpt") == int(saved.group(2)) < max_steps
+
+
 def test_sweep_array(slurm_env, tmp_path):
     sweep, log = tmp_path / "sweep.txt", tmp_path / "sweep-%a.out"
     sweep.write_text("# comment\n--trainer.max_steps 2\n\n--trainer.max_steps 3 --model.optim.lr 1e-3\n")

@@ -128,16 +128,14 @@ class HopeCLI(LightningCLI):
             merged = merge_checkpoint_settings(path, saved, given, ckpt.get("model_config"))
             self.config = self.parser.parse_object({subcommand: {"model": merged}}, self.config)
 
-    def before_instantiate_classes(self) -> None:
+    def instantiate_classes(self) -> None:
         section = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         accelerator = section.trainer.get("accelerator")
-        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # Lightning: a traceback, no fix
             raise SystemExit(
                 f"error: trainer.accelerator={accelerator!r}, but this machine has no usable GPU "
                 "(torch.cuda.is_available() is False). Fix: --trainer.accelerator cpu (or auto)."
             )
-
-    def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except ValueError as err:  # a dataclass's own check, buried in jsonargparse's dump of an `X | None` type

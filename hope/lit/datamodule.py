@@ -258,8 +258,8 @@ class TextDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the data position; refuse if the settings it depends on changed since it was saved. Only
         training has a data position: ``validate``/``test`` may use any data settings."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.state.fn != "fit":
+        stage = getattr(getattr(getattr(self, "trainer", None), "state", None), "fn", None)
+        if stage is not None and stage != "fit":
             return
         now = self._settings()
         changed = [f"{k}: {state_dict[k]!r} -> {v!r}" for k, v in now.items() if k in state_dict and state_dict[k] != v]
