@@ -83,6 +83,7 @@ class ConfigCheckpoint(ModelCheckpoint):
         return {str(newest)} if newest is not None else set()
 
     def on_train_start(self, trainer, pl_module) -> None:
+        """A resumed run keeps writing this folder's ``last.ckpt`` (see the class docstring)."""
         super().on_train_start(trainer, pl_module)
         # Lightning restores last_model_path only from a checkpoint of the same folder and checkpoint.* settings;
         # otherwise (a copied run folder) it would write last-v1.ckpt beside the last.ckpt it resumed from.

@@ -92,6 +92,7 @@ class HopeCLI(LightningCLI):
         parser.add_lightning_class_args(DivergenceGuard, "divergence")
 
     def parse_arguments(self, parser, args) -> None:
+        """Parse ``args`` (negative values joined, ``--config`` files checked) and note what was given."""
         # LightningCLI warns whenever args are passed while sys.argv has some; `hope` always passes them.
         args = join_negative_values(sys.argv[1:] if args is None else args)
         if (message := config_file_error(args)) is not None:
@@ -129,6 +130,7 @@ class HopeCLI(LightningCLI):
             self.config = self.parser.parse_object({subcommand: {"model": merged}}, self.config)
 
     def instantiate_classes(self) -> None:
+        """Refuse a GPU accelerator on a machine without one; build the classes, with plain dataclass errors."""
         section = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         accelerator = section.trainer.get("accelerator")
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # Lightning: a traceback, no fix

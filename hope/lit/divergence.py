@@ -58,6 +58,7 @@ class DivergenceGuard(pl.Callback):
         self._losses: list[torch.Tensor] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse ``skip_batches`` under DeepSpeed, whose gradients this callback cannot drop."""
         if self.skip_batches and isinstance(trainer.strategy, DeepSpeedStrategy):
             raise ValueError(
                 f"divergence.skip_batches={self.skip_batches} needs the gradients in the parameters, and DeepSpeed "
@@ -65,10 +66,12 @@ class DivergenceGuard(pl.Callback):
             )
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        """Keep each micro-batch's loss of this optimizer step (checked before the step, no host sync here)."""
         # Lightning divides the loss by accumulate_grad_batches before backward; report it as training_step gave it.
         self._losses.append(loss.detach() * trainer.accumulate_grad_batches)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        """Check the step's losses and gradient norm on every rank; skip the update or raise ``TrainingDiverged``."""
         losses, self._losses = self._losses, []
         loss_ok = torch.stack([torch.isfinite(x) for x in losses]).all() if losses else torch.tensor(True)
         scaled = getattr(trainer.precision_plugin, "scaler", None) is not None  # fp16: the scaler handles inf grads

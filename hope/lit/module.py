@@ -91,6 +91,7 @@ class HopeLitModule(L.LightningModule):
 
     # -- training ---------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
+        """After a resume, make the restored optimizer and schedule follow ``model.optim`` (``hope.lit.resume``)."""
         if self._resumed is not None:  # the optimizer and schedule were restored: make them follow model.optim
             apply_resumed_optim(self.trainer, self, self._resumed["optim"], self._resumed["schedule_steps"])
             self._resumed = None
@@ -179,6 +180,7 @@ class HopeLitModule(L.LightningModule):
             checkpoint["schedule_steps"] = self.total_steps()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Remember the checkpoint's optimizer settings and schedule length for ``on_train_start``."""
         self._resumed = {
             "optim": checkpoint.get("hyper_parameters", {}).get("optim"),
             "schedule_steps": checkpoint.get("schedule_steps"),

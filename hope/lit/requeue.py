@@ -73,11 +73,13 @@ class SignalCheckpoint(pl.Callback):
         self._checked_step = -1
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """When fitting under Slurm with auto-requeue, install a handler that only flags the requeue signal."""
         env = trainer._accelerator_connector.cluster_environment
         if stage == "fit" and isinstance(env, SLURMEnvironment) and env.auto_requeue and _main_thread():
             self._install(env.requeue_signal or signal.SIGUSR1, "requeue")
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Replace Lightning's SIGTERM handler (registered just before) by one that only sets a flag."""
         # Lightning registers its SIGTERM handler just before the sanity check and training: replace it.
         if _main_thread():
             self._install(signal.SIGTERM, "SIGTERM")
@@ -93,12 +95,14 @@ class SignalCheckpoint(pl.Callback):
         self._handlers.setdefault(signum, previous)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Put back the handlers ours replaced, unless Lightning has already restored the originals."""
         for signum, previous in self._handlers.items():
             if hasattr(signal.getsignal(signum), "hope_flag"):  # Lightning may have restored the original already
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._handlers = {}
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        """At a new optimizer step, if any rank got a signal: save, then requeue (Slurm) or stop (SIGTERM)."""
         step = trainer.global_step
         if not self._handlers or step == self._checked_step or step % self.check_every:
             return  # no handler set, or not at a new optimizer step (mid gradient accumulation)
