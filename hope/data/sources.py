@@ -199,7 +199,8 @@ def _first_bad_json_line(files: list[str], codec: str) -> str | None:
                 continue  # one JSON array, not JSON Lines: pyarrow's own message stands
             f.seek(0)
             for number, line in enumerate(f, start=1):
-                if not line.strip():
+                line = line.strip()
+                if not line:
                     continue
                 try:
                     row = json.loads(line)
@@ -210,7 +211,7 @@ def _first_bad_json_line(files: list[str], codec: str) -> str | None:
                         continue
                     problem = f"a JSON {type(row).__name__}, not an object"
                 return (
-                    f"{name}, line {number}: {problem}: {line.strip()[:80]!r}. Fix: each line of a .jsonl file must "
+                    f"{name}, line {number}: {problem}: {line[:80]!r}. Fix: each line of a .jsonl file must "
                     'be one JSON object such as {"text": "..."}; repair or delete that line.'
                 )
     return None
