@@ -65,6 +65,7 @@ def build_cache(
     max_documents: int | None = None,
     max_tokens: int | None = None,
     field: str = "data.source",
+    encoding: str | None = None,
 ) -> Path:
     """Tokenize ``source`` into train/val streams unless a cache for these settings exists; return its folder.
 
@@ -77,6 +78,7 @@ def build_cache(
         max_documents: read at most this many documents of the source.
         max_tokens: stop after the document that brings both splits together to this many tokens.
         field: the config field ``source`` came from, for error messages.
+        encoding: codec of local text/JSON files (``None``: UTF-8 or a byte-order mark; ``hope.data.encoding``).
     """
     options = {
         "val_fraction": val_fraction,
@@ -84,6 +86,8 @@ def build_cache(
         "max_documents": max_documents,
         "max_tokens": max_tokens,
     }
+    if encoding is not None:  # only when set, so that the caches built before the option existed keep their key
+        options["encoding"] = encoding
     final = cache_path(source, tokenizer, options, cache_dir, field)
     if (final / "meta.json").is_file():
         return final
@@ -94,7 +98,7 @@ def build_cache(
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must stay readable by others
         t0 = time.perf_counter()
-        docs = iter_documents(source, text_field=text_field, max_documents=max_documents, field=field)
+        docs = iter_documents(source, text_field, max_documents, field, encoding)
         splits = _write_splits(docs, tokenizer, tmp, val_fraction, max_tokens, source)
         meta = {
             "format": FORMAT_VERSION,

@@ -49,6 +49,7 @@ def perplexity(
     bucket_size: int = 256,
     val_fraction: float = 0.01,
     text_field: str = "text",
+    encoding: str | None = None,
     device: str | None = None,
     out: str | None = None,
     plot: str | None = None,
@@ -75,6 +76,7 @@ def perplexity(
         bucket_size: tokens per position bucket in the perplexity-by-position table and plot.
         val_fraction: validation share used to split the source (``hope fit``'s ``data.val_fraction``).
         text_field: column with the text in json/parquet/hub sources.
+        encoding: codec of local text/JSON files (default: UTF-8, or what a byte-order mark says).
         device: ``cpu``, ``cuda``, ...; default: CUDA if available.
         out: write the JSON report here (and the plot beside it, as ``.png``).
         plot: write the perplexity-by-position PNG here (default: ``out`` with ``.png``).
@@ -82,7 +84,7 @@ def perplexity(
     """
     model, tok = load_for_eval(checkpoint, tokenizer, device)
     split = resolve_split(source, split)
-    docs = load_documents(source, split, max_documents, val_fraction, text_field)
+    docs = load_documents(source, split, max_documents, val_fraction, text_field, encoding)
     report = {
         "checkpoint": str(checkpoint),
         "model": model.config.name,
@@ -96,17 +98,33 @@ def perplexity(
             model, tok, [text for _, text in docs], protocol, window, stride, state, bucket_size, progress
         )
     )
-    print(
-        f"[hope] {report['documents']} documents, {report['tokens']} tokens: token perplexity "
-        f"{report['token_perplexity']:.3f}, bits/byte {report['bits_per_byte']:.4f}, word perplexity "
-        f"{report['word_perplexity']:.3f} ({protocol}, window {report['window']}, state {state})"
-    )
+    print(format_perplexity(report, protocol, state))
     if out is not None:
         _write_json(report, out)
     plot = plot or (str(Path(out).with_suffix(".png")) if out else None)
     if plot is not None:
         save_figure(draw_perplexity_by_position, report, plot)
         print(f"[hope] plot: {plot}")
+
+
+WORD_TOKENS_MAX = 3.0
+"""Tokens per whitespace word above which word perplexity is not a headline figure (prose has ~1.3-2; code ~8)."""
+
+
+def format_perplexity(report: dict, protocol: str, state: str) -> str:
+    """The headline line: token perplexity and bits per byte, and word perplexity where words are the text's
+    units (at most ``WORD_TOKENS_MAX`` tokens per word). The JSON report keeps every figure."""
+    per_word = report["tokens"] / max(report["words"], 1)
+    word = (
+        f", word perplexity {report['word_perplexity']:.3f}"
+        if per_word <= WORD_TOKENS_MAX
+        else f" (word perplexity left out: {per_word:.1f} tokens per whitespace word, not prose; it is in the JSON)"
+    )
+    return (
+        f"[hope] {report['documents']} documents, {report['tokens']} tokens: token perplexity "
+        f"{report['token_perplexity']:.3f}, bits/byte {report['bits_per_byte']:.4f}{word} "
+        f"({protocol}, window {report['window']}, state {state})"
+    )
 
 
 def retention(

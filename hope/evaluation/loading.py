@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from hope.checkpoint import load_any
+from hope.checkpoint import load_any, run_checkpoint
 from hope.tokenizer import Tokenizer
 
 
@@ -43,8 +43,10 @@ def load_for_eval(checkpoint: str | Path, tokenizer: str | None = None, device: 
     """``(model in eval mode on device, tokenizer)``; the tokenizer must fit the model's vocabulary.
 
     ``checkpoint``: a ``hope fit`` or ``hope finetune`` ``.ckpt`` (memory layers rebuilt, LoRA adapters merged, a
-    trainable-only checkpoint's frozen weights read from its ``init_from``), or a ``.safetensors`` file.
+    trainable-only checkpoint's frozen weights read from its ``init_from``), a ``.safetensors`` file, or a run
+    directory (its newest complete checkpoint, normally ``checkpoints/last.ckpt``).
     """
+    checkpoint = run_checkpoint(checkpoint)
     model = load_any(checkpoint).to(device or default_device())
     tok = resolve_tokenizer(checkpoint, tokenizer)
     tok.check_fits(model.config.vocab_size)

@@ -144,6 +144,7 @@ class FinetuneLitModule(HopeLitModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse non-finetune checkpoints; fill frozen weights from ``init_from`` (checked); restore the method."""
+        super().on_load_checkpoint(checkpoint)
         info = checkpoint.get("finetune")
         if info is None:
             raise ValueError(

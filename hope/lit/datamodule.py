@@ -44,6 +44,8 @@ class TextDataModule(L.LightningDataModule):
         max_documents: read at most this many documents per source (bounds streaming hub datasets).
         max_tokens: stop reading a source after this many tokens (bounds streaming hub datasets).
         shuffle: shuffle the training blocks each epoch (``False``: in order, useful for debugging).
+        encoding: codec of local text/JSON files, e.g. ``latin-1`` or ``utf-16-le`` (``None``: UTF-8, or what a
+            byte-order mark says; a file that is neither is an error naming it, see ``hope.data.encoding``).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class TextDataModule(L.LightningDataModule):
         max_documents: int | None = None,
         max_tokens: int | None = None,
         shuffle: bool = True,
+        encoding: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -93,7 +96,7 @@ class TextDataModule(L.LightningDataModule):
         self.val_fraction, self.max_val_blocks = val_fraction, max_val_blocks
         self.num_workers, self.seed, self.shuffle = num_workers, seed, shuffle
         self.cache_dir, self.text_field = cache_dir, text_field
-        self.max_documents, self.max_tokens = max_documents, max_tokens
+        self.max_documents, self.max_tokens, self.encoding = max_documents, max_tokens, encoding
         self.tokenizer = Tokenizer(tokenizer) if tokenizer is not None else Tokenizer.default()
         # Share of `source` held out: none when validation comes from its own source.
         self.holdout_fraction = 0.0 if val_source is not None else val_fraction
@@ -131,6 +134,7 @@ class TextDataModule(L.LightningDataModule):
             max_documents=self.max_documents,
             max_tokens=self.max_tokens,
             field=field,
+            encoding=self.encoding,
         )
 
     def prepare_data(self) -> None:
@@ -235,6 +239,7 @@ class TextDataModule(L.LightningDataModule):
             "text_field": self.text_field,
             "max_documents": self.max_documents,
             "max_tokens": self.max_tokens,
+            "encoding": self.encoding,
             "tokenizer": self.tokenizer.fingerprint,
             "seq_len": self.seq_len,
             "seed": self.seed,
@@ -251,7 +256,11 @@ class TextDataModule(L.LightningDataModule):
         return {"consumed_batches": self.consumed_batches, **self._settings()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the data position; refuse if the settings it depends on changed since it was saved."""
+        """Restore the data position; refuse if the settings it depends on changed since it was saved. Only
+        training has a data position: ``validate``/``test`` may use any data settings."""
+        stage = getattr(getattr(getattr(self, "trainer", None), "state", None), "fn", None)
+        if stage is not None and stage != "fit":
+            return
         now = self._settings()
         changed = [f"{k}: {state_dict[k]!r} -> {v!r}" for k, v in now.items() if k in state_dict and state_dict[k] != v]
         if changed:

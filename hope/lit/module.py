@@ -20,7 +20,9 @@ import torch
 from hope.checkpoint import load_model_weights
 from hope.config import ModelConfig
 from hope.lit.datamodule import DataPositionCallback
-from hope.lit.requeue import SlurmRequeue
+from hope.lit.divergence import gradient_norm
+from hope.lit.requeue import SignalCheckpoint
+from hope.lit.resume import apply_resumed_optim
 from hope.loss import next_token_loss
 from hope.model import HopeLM
 from hope.optim import OptimConfig, pretrain_optimizer
@@ -63,6 +65,7 @@ class HopeLitModule(L.LightningModule):
         if init_from is not None:
             load_model_weights(self.model, init_from)
         self._last_batch_end: float | None = None
+        self._resumed: dict[str, Any] | None = None  # the checkpoint's optimizer settings, after --ckpt_path
 
     def forward(self, idx_BT: torch.Tensor, state: list | None = None):
         """Logits [B, T, padded_vocab_size] and the new per-block state of the wrapped ``HopeLM``."""
@@ -83,10 +86,16 @@ class HopeLitModule(L.LightningModule):
             )
 
     def configure_callbacks(self):
-        """Callbacks every run needs: the data position saved in checkpoints, and the Slurm requeue."""
-        return [DataPositionCallback(), SlurmRequeue()]
+        """Callbacks every run needs: the data position saved in checkpoints, and saving on SIGTERM / Slurm's signal."""
+        return [DataPositionCallback(), SignalCheckpoint()]
 
     # -- training ---------------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """After a resume, make the restored optimizer and schedule follow ``model.optim`` (``hope.lit.resume``)."""
+        if self._resumed is not None:  # the optimizer and schedule were restored: make them follow model.optim
+            apply_resumed_optim(self.trainer, self, self._resumed["optim"], self._resumed["schedule_steps"])
+            self._resumed = None
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Next-token loss of one batch; logs train/loss, train/ppl and train/lr."""
         logits, _ = self.model(batch["input_ids"])
@@ -108,13 +117,13 @@ class HopeLitModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Log the gradient norm before clipping: ``train/grad_norm``, and ``train/<level>/grad_norm`` per CMS level."""
-        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
-        if norms:  # DeepSpeed ZeRO keeps gradients in its own buffers; then there is nothing to read here
-            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
+        norm = gradient_norm(self.parameters())
+        if norm is not None:  # DeepSpeed ZeRO keeps gradients in its own buffers; then there is nothing to read here
+            self.log("train/grad_norm", norm)
         for level, groups in _level_groups(optimizer).items():
-            level_norms = [p.grad.detach().norm(2) for g in groups for p in g["params"] if p.grad is not None]
-            if level_norms:
-                self.log(f"train/{level}/grad_norm", torch.linalg.vector_norm(torch.stack(level_norms)))
+            level_norm = gradient_norm(p for g in groups for p in g["params"])
+            if level_norm is not None:
+                self.log(f"train/{level}/grad_norm", level_norm)
 
     def _log_levels(self) -> None:
         """Per CMS level (HOPE's LevelOptimizer): updates applied so far and current lr (NL Eq. 31's schedule)."""
@@ -167,3 +176,12 @@ class HopeLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the model config in the checkpoint (``model_config``), so it loads without the CLI config."""
         checkpoint["model_config"] = self.config.to_dict()
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # the schedule's length, for a resume
+            checkpoint["schedule_steps"] = self.total_steps()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Remember the checkpoint's optimizer settings and schedule length for ``on_train_start``."""
+        self._resumed = {
+            "optim": checkpoint.get("hyper_parameters", {}).get("optim"),
+            "schedule_steps": checkpoint.get("schedule_steps"),
+        }
