@@ -9,71 +9,23 @@ The prompt is encoded as a training document starts (BOS, then its tokens); gene
 ``hope.ttl.TestTimeLearner``: the CMS levels of a HOPE model learn from it in context while generating
 (``hope.generate`` explains how). Sampling: ``temperature`` 0 is greedy; ``top_k`` keeps the k most likely tokens
 and ``top_p`` the smallest set whose probability (at the temperature) reaches p; with both, the k most likely of
-that set. ``stream_tokens`` is ``hope.generate.generate``'s loop that hands out each token as it is drawn
-(``tests/test_generate_cli.py`` checks they draw the same tokens).
+that set. Tokens come from ``hope.generate.generate_stream`` as they are drawn.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from jsonargparse import CLI
 
 from hope.evaluation.loading import load_for_eval
-from hope.generate import sample
-from hope.model import HopeLM
+from hope.generate import generate_stream
 from hope.ttl import TestTimeLearner
 
-__all__ = ["generate_text", "main", "stream_tokens", "top_p_filter"]
-
-
-def top_p_filter(logits_BV: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
-    """Logits with every token outside the nucleus at -inf: the most likely tokens whose probability at
-    ``temperature`` sums to at least ``top_p`` (the most likely token always stays)."""
-    if temperature == 0 or top_p >= 1:
-        return logits_BV
-    probs_BV = torch.softmax(logits_BV.float() / temperature, dim=-1)
-    sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
-    before_BV = sorted_BV.cumsum(dim=-1) - sorted_BV  # probability of the more likely tokens
-    drop_BV = torch.zeros_like(probs_BV, dtype=torch.bool).scatter(-1, order_BV, before_BV >= top_p)
-    return logits_BV.masked_fill(drop_BV, float("-inf"))
-
-
-@torch.no_grad()
-def stream_tokens(
-    model: HopeLM,
-    idx_BT: torch.Tensor,
-    max_new_tokens: int,
-    pick: Callable[[torch.Tensor], torch.Tensor],
-    learner: TestTimeLearner | None = None,
-) -> Iterator[torch.Tensor]:
-    """Yield each new token [B, 1] as soon as ``pick(last-position logits [B, V])`` draws it; the context is carried
-    as ``hope.generate.generate`` carries it (recurrent state, the learner's fast weights, or recomputation)."""
-    vocab, max_len = model.config.vocab_size, model.config.max_seq_len
-    total = idx_BT.shape[1] + max_new_tokens
-    if learner is not None and not model.carries_state and total > max_len:
-        raise ValueError(
-            f"--ttl streams a {model.config.family} model up to model.max_seq_len={max_len} tokens, but the prompt "
-            f"and --max_new_tokens make {total}. Shorten one of them."
-        )
-    if learner is None and not model.carries_state:  # Transformer++: recompute over the last max_seq_len tokens
-        context = idx_BT
-        for _ in range(max_new_tokens):
-            logits, _ = model(context[:, -max_len:])
-            token = pick(logits[:, -1, :vocab])
-            yield token
-            context = torch.cat([context, token], dim=1)
-        return
-    forward, state = (model if learner is None else learner.step), None
-    for start in range(0, idx_BT.shape[1], max_len):
-        logits, state = forward(idx_BT[:, start : start + max_len], state)
-    for _ in range(max_new_tokens):
-        token = pick(logits[:, -1, :vocab])
-        yield token
-        logits, state = forward(token, state)
+__all__ = ["generate_text", "main"]
 
 
 def _prompt_text(prompt: str | None, prompt_file: str | None) -> str:
@@ -137,17 +89,12 @@ def generate_text(
     learner = TestTimeLearner(model, inner_lr=ttl_lr) if ttl else None
     idx_BT = torch.tensor([tok.encode(text)], dtype=torch.long, device=next(model.parameters()).device)
     generator = torch.Generator(idx_BT.device).manual_seed(seed)
-
-    def pick(logits_BV: torch.Tensor) -> torch.Tensor:
-        if top_p is not None:
-            logits_BV = top_p_filter(logits_BV, top_p, temperature)
-        return sample(logits_BV, temperature, top_k, generator)
-
     new: list[int] = []
     shown = ""
     if stream:
         print(text, end="", flush=True)
-    for token in stream_tokens(model, idx_BT, max_new_tokens, pick, learner):
+    drawn = generate_stream(model, idx_BT, max_new_tokens, temperature, top_k, None, generator, learner, top_p)
+    for token in drawn:
         if token.item() == tok.eos_id:
             break
         new.append(token.item())

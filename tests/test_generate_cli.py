@@ -5,8 +5,7 @@ import torch
 
 from hope.cli import main
 from hope.config import ModelConfig
-from hope.generate import generate, sample
-from hope.generate_cli import stream_tokens, top_p_filter
+from hope.generate import generate, generate_stream, nucleus
 from hope.model import HopeLM
 from hope.ttl import TestTimeLearner
 from tests.test_generate import ALL, model_of
@@ -16,19 +15,24 @@ from tests.test_ttl import small_model
 
 @pytest.mark.parametrize("family", ALL)
 def test_stream_draws_the_tokens_of_generate(family):
-    """Same seed, same sampler: stream_tokens hands out exactly the tokens generate() returns."""
+    """Same seed, same sampler: generate_stream hands out exactly the tokens and the state generate() returns."""
     model, prompt = model_of(family), tokens(11)
-    expected, _ = generate(model, prompt, 8, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(3))
-    g = torch.Generator().manual_seed(3)
-    drawn = list(stream_tokens(model, prompt, 8, lambda logits: sample(logits, 1.0, 20, g)))
+    kw = dict(temperature=1.0, top_k=20, top_p=0.9)
+    expected, state = generate(model, prompt, 8, generator=torch.Generator().manual_seed(3), **kw)
+    stream = generate_stream(model, prompt, 8, generator=torch.Generator().manual_seed(3), **kw)
+    drawn = []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            drawn.append(next(stream))
     assert torch.equal(torch.cat([prompt, *drawn], dim=1), expected)
+    assert (done.value.value is None) == (state is None)
 
 
 @pytest.mark.parametrize("family", ["hope", "hope-attention"])
 def test_stream_with_a_learner_draws_the_tokens_of_generate(family):
     model, prompt = small_model(family), torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
     expected, _ = generate(model, prompt, 6, temperature=0, learner=TestTimeLearner(model, inner_lr=0.5))
-    drawn = list(stream_tokens(model, prompt, 6, lambda x: x.argmax(-1, keepdim=True), TestTimeLearner(model, 0.5)))
+    drawn = list(generate_stream(model, prompt, 6, temperature=0, learner=TestTimeLearner(model, 0.5)))
     assert torch.equal(torch.cat([prompt, *drawn], dim=1), expected)
 
 
@@ -47,10 +51,10 @@ def nucleus_reference(logits: list[float], top_p: float, temperature: float) -> 
 @pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
 def test_top_p_keeps_the_nucleus(top_p):
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 3
-    filtered = top_p_filter(logits, top_p, temperature=0.7)
+    filtered = nucleus(logits, top_p, temperature=0.7)
     for row, out in zip(logits.tolist(), filtered, strict=True):
         assert {i for i, v in enumerate(out.tolist()) if v != float("-inf")} == nucleus_reference(row, top_p, 0.7)
-    assert torch.equal(top_p_filter(logits, 1.0, 0.7), logits)
+    assert torch.equal(nucleus(logits, 1.0, 0.7), logits)
 
 
 def write_checkpoint(path, config: ModelConfig):
