@@ -121,18 +121,9 @@ def generate_stream(
     return state
 
 
-def generate(
-    model: HopeLM,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    state: list | None = None,
-    generator: torch.Generator | None = None,
-    learner: TestTimeLearner | None = None,
-    top_p: float | None = None,
-) -> tuple[torch.Tensor, list | None]:
-    """Sample ``max_new_tokens`` tokens after ``idx`` [B, T >= 1].
+def generate(model: HopeLM, idx: torch.Tensor, max_new_tokens: int, **sampling) -> tuple[torch.Tensor, list | None]:
+    """Sample ``max_new_tokens`` tokens after ``idx`` [B, T >= 1]; ``sampling`` takes ``generate_stream``'s keyword
+    arguments (``temperature``, ``top_k``, ``top_p``, ``state``, ``generator``, ``learner``).
 
     For memory families, ``state`` is what an earlier call returned, and ``idx`` holds the tokens that come after
     those the state has seen. Returns ``idx`` followed by the new tokens [B, T + max_new_tokens], and the state
@@ -140,7 +131,7 @@ def generate(
     entries are never sampled. ``learner`` (a ``hope.ttl.TestTimeLearner`` of this model) makes the CMS levels
     learn from the stream as it is read (see the module docstring).
     """
-    stream = generate_stream(model, idx, max_new_tokens, temperature, top_k, state, generator, learner, top_p)
+    stream = generate_stream(model, idx, max_new_tokens, **sampling)
     tokens = [idx]
     while True:
         try:
