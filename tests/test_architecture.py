@@ -34,8 +34,9 @@ LAYERS = [
 ]
 CORE = {"ops", "config", "layers", "model", "core", "continual"}
 # optional dependencies may be imported where they are used, so that hope works without them
-OPTIONAL = {"flash_attn", "deepspeed", "lm_eval", "matplotlib"}
-OPTIONAL_WRAPPERS = {"hope.evaluation.lm_eval_adapter"}  # modules that import an optional dependency at the top
+OPTIONAL = {"flash_attn", "deepspeed", "lm_eval", "matplotlib", "triton"}
+# modules that import an optional dependency at the top
+OPTIONAL_WRAPPERS = {"hope.evaluation.lm_eval_adapter", "hope.ops.titans.triton"}
 MAX_LINES = 400
 
 

@@ -1,6 +1,8 @@
-"""Model-level speed and memory options of the memory ops change no number: ``memory_recompute`` (activation
-checkpointing of the chunk loops) gives the same outputs and gradients as the plain loops, bit for bit, in
-float64, for the Titans families and HOPE."""
+"""Model-level speed and memory options of the memory ops change no number, in float64: ``memory_recompute``
+(activation checkpointing of the chunk loops) gives the plain loops' outputs and gradients bit for bit, for the
+Titans families and HOPE; ``memory_kernel: triton`` gives the PyTorch op's to round-off."""
+
+import importlib
 
 import pytest
 import torch
@@ -36,3 +38,20 @@ def test_hope_recompute_changes_nothing():
     idx = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(0))
     plain = loss_and_grads(small_model("hope"), idx)
     assert_same(plain, loss_and_grads(small_model("hope", memory_recompute=True), idx))
+
+
+@pytest.mark.parametrize("family", ["titans-mac", "titans-lmm"])
+def test_triton_memory_kernel_equals_the_pytorch_op(family):
+    """``memory_kernel: triton`` (interpreted on CPU, see tests/ops/test_titans_triton.py) gives the PyTorch op's
+    loss and gradients at sizes the kernels take (head dim 16, hidden 32, chunks of 16), MAC's write-only calls
+    and a pending partial chunk included."""
+    pytest.importorskip("triton")
+    kernels = importlib.import_module("hope.ops.titans.triton")
+    assert kernels.INTERPRETED or torch.cuda.is_available()  # the kernels run, not the fallback
+    sizes = dict(n_embd=32, memory_chunk_size=16, segment_len=32)
+    idx = tokens(45)
+    plain = loss_and_grads(build(family, **sizes), idx)
+    loss, grads = loss_and_grads(build(family, memory_kernel="triton", **sizes), idx)
+    torch.testing.assert_close(loss, plain[0], rtol=1e-12, atol=0)
+    for name, grad in plain[1].items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-12)
