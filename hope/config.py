@@ -169,7 +169,10 @@ class ModelConfig:
     """Titans: the memory op's kernel. ``torch``: the chunk-parallel PyTorch op on every device. ``triton``: the fused
     Triton chunk kernels (``hope.ops.titans.triton``; forward and backward, one launch per call, weights and momentum
     in place, backward recomputes from the stored chunk-boundary states) on CUDA, the PyTorch op elsewhere; memory
-    depth 2, power-of-two head dim, hidden width and chunk size. Needs ``pip install 'hope[cuda]'``."""
+    depth 2, power-of-two head dim, hidden width and chunk size. Needs ``pip install 'hope[cuda]'``. ``fla``: the
+    ablation "linear memory" without momentum, per token (memory_chunk_size 1) and without clip, which is exactly
+    Gated DeltaNet, through flash-linear-attention's chunked gated delta rule on CUDA (``hope.ops.titans.gated_delta``;
+    ``pip install 'hope[fla]'``)."""
     segment_len: int = 512
     """titans-mac: tokens per segment S^(t). The memory is read before and written after each segment; a token
     attends to the persistent tokens and to the memory tokens and tokens of its segment up to itself. Must be a
@@ -256,9 +259,23 @@ class ModelConfig:
             raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 1 or null (full attention).")
         if self.memory_kernel not in MEMORY_KERNELS:
             raise ValueError(f"model.memory_kernel={self.memory_kernel!r} is unknown; choose one of {MEMORY_KERNELS}.")
-        if self.memory_kernel == "triton" and importlib.util.find_spec("triton") is None:
+        needs = {"triton": ("triton", "cuda"), "fla": ("fla", "fla")}.get(self.memory_kernel)
+        if needs and importlib.util.find_spec(needs[0]) is None:
             raise ValueError(
-                "model.memory_kernel='triton' needs triton (pip install 'hope[cuda]'); use memory_kernel: torch."
+                f"model.memory_kernel={self.memory_kernel!r} needs {needs[0]} (pip install 'hope[{needs[1]}]'); "
+                "use memory_kernel: torch."
+            )
+        gated_delta = {
+            "memory_linear": True,
+            "memory_momentum": False,
+            "memory_chunk_size": 1,
+            "memory_max_grad_norm": None,
+        }
+        wrong = {key: getattr(self, key) for key, value in gated_delta.items() if getattr(self, key) != value}
+        if self.memory_kernel == "fla" and wrong:
+            raise ValueError(
+                f"model.memory_kernel='fla' is the gated delta rule, which equals the memory only with {gated_delta}; "
+                f"got {wrong}. Set those fields, or memory_kernel: torch."
             )
         if self.memory_max_grad_norm is not None and self.memory_max_grad_norm <= 0:
             raise ValueError(

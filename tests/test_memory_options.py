@@ -7,6 +7,7 @@ import importlib
 import pytest
 import torch
 
+from hope.config import ModelConfig
 from hope.loss import next_token_loss
 from hope.model import HopeLM
 from tests.test_hope_model import small_model
@@ -55,3 +56,10 @@ def test_triton_memory_kernel_equals_the_pytorch_op(family):
     torch.testing.assert_close(loss, plain[0], rtol=1e-12, atol=0)
     for name, grad in plain[1].items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-12)
+
+
+def test_memory_kernel_errors_name_the_fields():
+    with pytest.raises(ValueError, match=r"memory_kernel='cuda' is unknown"):
+        ModelConfig.from_preset("titans-lmm-debug", memory_kernel="cuda")
+    with pytest.raises(ValueError, match=r"memory_kernel='fla' is the gated delta rule.*'memory_chunk_size': 16"):
+        ModelConfig.from_preset("titans-lmm-debug", memory_kernel="fla", memory_linear=True, memory_momentum=False)
