@@ -9,9 +9,9 @@ min(W, 128): on 2 CPU cores (T 2048, W 512) L = 128 was 2.6x faster than the mas
 
 One SDPA call does all blocks: the blocks go on the batch axis, [B, H, T, D] -> [n B, H, L, D], so that the block
 mask [n, 1, L, S] is shared by the heads (on CPU, SDPA is ~3x slower when a mask varies along its head axis), and
-each block's keys are a strided window of the left-padded keys (``unfold``). The left padding (keys before position 0) and the right padding
-(queries and keys after T, when L does not divide T) are masked: no real query can see them, and the padded
-queries' outputs are dropped.
+each block's keys are a strided window of the left-padded keys (``unfold``). The left padding (keys before
+position 0) and the right padding (queries and keys after T, when L does not divide T) are masked: no real query
+can see them, and the padded queries' outputs are dropped.
 
 This is the SDPA path for windows that cut into the sequence; flash-attn's ``window_size`` does the same in its
 kernel where it applies (no prefix, CUDA, half precision). ``naive.py`` beside this file is the reference.
