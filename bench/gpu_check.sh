@@ -5,7 +5,8 @@
 #   2. bench/throughput.py, bf16, for Transformer++, Titans MAC/MAG/MAL/LMM (memory_kernel: triton), HOPE
 #      (memory_recompute) and Hope-Attention at 170M (seq 2048 x batch 8) and 340M (seq 4096 x batch 4), and
 #      titans-mac-170m on the PyTorch op (what the kernel gains on the same GPU);
-#   3. bench/gpu_table.py: throughput_<gpu>.json and throughput_<gpu>.md (tokens/s, x Transformer++, MFU, peak GiB).
+#   3. bench/precision.py: the Triton kernel's error against float64 in float32 and under bf16 autocast;
+#   4. bench/gpu_table.py: throughput_<gpu>.json and throughput_<gpu>.md (tokens/s, x Transformer++, MFU, peak GiB).
 #
 #   bash bench/gpu_check.sh               # on the GPU; results in bench/results, or in $GPU_CHECK_OUT if set
 #   bash bench/gpu_check.sh --dry-run     # on CPU: the same steps, one size, debug presets (tests/test_gpu_check.py)
@@ -23,7 +24,8 @@ start=$SECONDS
 status=0
 
 if [ "${1:-}" = "--dry-run" ]; then
-  NAME=cpu-dry-run SIZES=(debug) SHAPES=("64 2") LIMITS=(120 120)
+  NAME=cpu-dry-run SIZES=(debug) SHAPES=("64 2") LIMITS=(120 120 60)
+  PRECISION=(--device cpu --kernel torch --seq_len 128 --heads 1)
   RUN=(--device cpu --precision fp32 --steps 1 --warmup 0 --no_cpu_peak)
   TESTS=(tests/ops/test_titans_triton.py -k naive_reference)
   export OMP_NUM_THREADS=1
@@ -31,7 +33,8 @@ if [ "${1:-}" = "--dry-run" ]; then
 else
   NAME=$(python -c "import re, torch; print(re.search(r'\b([A-Z]+[0-9]+[A-Z]*)\b', torch.cuda.get_device_name()).group(1).lower())") || exit 1
   PEAK=$(python -c "print({'h100': 989, 'h200': 989, 'a100': 312}.get('$NAME', 0))")
-  SIZES=(170m 340m) SHAPES=("2048 8" "4096 4") LIMITS=(150 190 210)
+  SIZES=(170m 340m) SHAPES=("2048 8" "4096 4") LIMITS=(120 160 160 40)
+  PRECISION=(--device cuda --kernel triton)
   RUN=(--device cuda --precision bf16 --steps 3 --warmup 2 --peak_tflops "$PEAK")
   TESTS=(tests/ops/test_titans_triton.py tests/ops/test_attention.py tests/ops/test_titans_gated_delta.py -m "")
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -59,6 +62,9 @@ for i in "${!SIZES[@]}"; do
     --batch_size "${shape[1]}" "${RUN[@]}" --keep_going --out "$json" || status=1
   if [ -f "$json" ]; then files+=("$json"); fi
 done
+
+echo "== [$((SECONDS - start)) s] precision"
+timeout "${LIMITS[-1]}" python bench/precision.py "${PRECISION[@]}" --out "$OUT/precision_${NAME}.json" || status=1
 
 echo "== [$((SECONDS - start)) s] table"
 if [ ${#files[@]} -gt 0 ]; then
