@@ -77,6 +77,19 @@ def _tile(ptr, base, e0, D: tl.constexpr, E: tl.constexpr, BE: tl.constexpr, TRA
 
 
 @triton.jit
+def _pair(A, B, base, e0, D: tl.constexpr, E: tl.constexpr, BE: tl.constexpr):
+    """The tiles of hidden units [e0, e0 + BE) of a [D, E] matrix A and an [E, D] matrix B (W_1 and W_2)."""
+    return tl.load(_tile(A, base, e0, D, E, BE, False)), tl.load(_tile(B, base, e0, D, E, BE, True))
+
+
+@triton.jit
+def _hidden(k, d2, w1, w2, GELU: tl.constexpr, PREC: tl.constexpr):
+    """z = k W_1, h = act(z) and delta_1 = (delta_2 W_2^T) act'(z) on one tile of hidden units."""
+    zk = _dot(k, w1, PREC)
+    return zk, _act(zk, GELU), _dot(d2, tl.trans(w2), PREC) * _act_grad(zk, GELU)
+
+
+@triton.jit
 def _forward_kernel(
     Q, K, V, Y, GAM, RHO, ETP, CM, CS, W1, W2, S1, S2,
     n_chunks, T, max_norm,
@@ -100,7 +113,7 @@ def _forward_kernel(
         out, y = tl.zeros((C, D), dt), tl.zeros((C, D), dt)
         hk_sq = tl.zeros((C,), dt)
         for e0 in range(0, E, BE):  # M(k), M(q) at the chunk-start weights
-            w1, w2 = tl.load(_tile(W1, src, e0, D, E, BE, False)), tl.load(_tile(W2, src, e0, D, E, BE, True))
+            w1, w2 = _pair(W1, W2, src, e0, D, E, BE)
             hk = _act(_dot(k, w1, PREC), GELU)
             out += _dot(hk, w2, PREC)
             hk_sq += tl.sum(hk * hk, axis=1)
@@ -116,9 +129,8 @@ def _forward_kernel(
         if CLIP:  # ||grad_t||^2 = |k|^2 |delta_1|^2 + |h|^2 |delta_2|^2
             d1_sq = tl.zeros((C,), dt)
             for e0 in range(0, E, BE):
-                w1, w2 = tl.load(_tile(W1, src, e0, D, E, BE, False)), tl.load(_tile(W2, src, e0, D, E, BE, True))
-                zk = _dot(k, w1, PREC)
-                d1 = _dot(d2, tl.trans(w2), PREC) * _act_grad(zk, GELU)
+                w1, w2 = _pair(W1, W2, src, e0, D, E, BE)
+                d1 = _hidden(k, d2, w1, w2, GELU, PREC)[2]
                 d1_sq += tl.sum(d1 * d1, axis=1)
             sq = tl.sum(k * k, axis=1) * d1_sq + hk_sq * tl.sum(d2 * d2, axis=1)
             s = max_norm / tl.sqrt(tl.maximum(sq, max_norm * max_norm))
@@ -129,10 +141,8 @@ def _forward_kernel(
         for e0 in range(0, E, BE):  # the unrolled Eqs. 13-14, one tile of hidden units at a time
             t1, t2 = _tile(W1, src, e0, D, E, BE, False), _tile(W2, src, e0, D, E, BE, True)
             w1, w2 = tl.load(t1), tl.load(t2)
-            s1, s2 = tl.load(_tile(S1, src, e0, D, E, BE, False)), tl.load(_tile(S2, src, e0, D, E, BE, True))
-            zk = _dot(k, w1, PREC)
-            hk = _act(zk, GELU)
-            d1 = _dot(d2, tl.trans(w2), PREC) * _act_grad(zk, GELU)
+            s1, s2 = _pair(S1, S2, src, e0, D, E, BE)
+            zk, hk, d1 = _hidden(k, d2, w1, w2, GELU, PREC)
             g1M = _dot(tl.trans(k), d1 * aM[:, None], PREC)
             g1S = _dot(tl.trans(k), d1 * aS[:, None], PREC)
             g2M = _dot(tl.trans(hk), d2 * aM[:, None], PREC)
@@ -165,7 +175,7 @@ def _backward_kernel(
         # (A) M(k) at the chunk-start weights
         out, hk_sq = tl.zeros((C, D), dt), tl.zeros((C,), dt)
         for e0 in range(0, E, BE):
-            w1, w2 = tl.load(_tile(W1, src, e0, D, E, BE, False)), tl.load(_tile(W2, src, e0, D, E, BE, True))
+            w1, w2 = _pair(W1, W2, src, e0, D, E, BE)
             hk = _act(_dot(k, w1, PREC), GELU)
             out += _dot(hk, w2, PREC)
             hk_sq += tl.sum(hk * hk, axis=1)
@@ -176,12 +186,9 @@ def _backward_kernel(
         # d loss / d G = -(the carried gradient), since W' = gamma W + rho S - G_M and S' = eta_prod S - G_S
         d1_sq, gaM, gaS = tl.zeros((C,), dt), tl.zeros((C,), dt), tl.zeros((C,), dt)
         for e0 in range(0, E, BE):
-            w1, w2 = tl.load(_tile(W1, src, e0, D, E, BE, False)), tl.load(_tile(W2, src, e0, D, E, BE, True))
-            gw1, gs1 = tl.load(_tile(GW1, carry, e0, D, E, BE, False)), tl.load(_tile(GS1, carry, e0, D, E, BE, False))
-            gw2, gs2 = tl.load(_tile(GW2, carry, e0, D, E, BE, True)), tl.load(_tile(GS2, carry, e0, D, E, BE, True))
-            zk = _dot(k, w1, PREC)
-            hk = _act(zk, GELU)
-            d1 = _dot(d2, tl.trans(w2), PREC) * _act_grad(zk, GELU)
+            w1, w2 = _pair(W1, W2, src, e0, D, E, BE)
+            (gw1, gw2), (gs1, gs2) = _pair(GW1, GW2, carry, e0, D, E, BE), _pair(GS1, GS2, carry, e0, D, E, BE)
+            zk, hk, d1 = _hidden(k, d2, w1, w2, GELU, PREC)
             d1_sq += tl.sum(d1 * d1, axis=1)
             gaM -= tl.sum(_dot(k, gw1, PREC) * d1, axis=1) + tl.sum(_dot(hk, gw2, PREC) * d2, axis=1)
             gaS -= tl.sum(_dot(k, gs1, PREC) * d1, axis=1) + tl.sum(_dot(hk, gs2, PREC) * d2, axis=1)
@@ -199,12 +206,9 @@ def _backward_kernel(
         gd2 = 2 * (g_sq * hk_sq)[:, None] * d2
         gk = 2 * (g_sq * d1_sq)[:, None] * k
         for e0 in range(0, E, BE):
-            w1, w2 = tl.load(_tile(W1, src, e0, D, E, BE, False)), tl.load(_tile(W2, src, e0, D, E, BE, True))
-            gw1, gs1 = tl.load(_tile(GW1, carry, e0, D, E, BE, False)), tl.load(_tile(GS1, carry, e0, D, E, BE, False))
-            gw2, gs2 = tl.load(_tile(GW2, carry, e0, D, E, BE, True)), tl.load(_tile(GS2, carry, e0, D, E, BE, True))
-            zk = _dot(k, w1, PREC)
-            hk = _act(zk, GELU)
-            d1 = _dot(d2, tl.trans(w2), PREC) * _act_grad(zk, GELU)
+            w1, w2 = _pair(W1, W2, src, e0, D, E, BE)
+            (gw1, gw2), (gs1, gs2) = _pair(GW1, GW2, carry, e0, D, E, BE), _pair(GS1, GS2, carry, e0, D, E, BE)
+            zk, hk, d1 = _hidden(k, d2, w1, w2, GELU, PREC)
             gd1 = 2 * (g_sq * k_sq)[:, None] * d1 - aM * _dot(k, gw1, PREC) - aS * _dot(k, gs1, PREC)
             gd2 += _dot(gd1 * _act_grad(zk, GELU), w2, PREC) - aM * _dot(hk, gw2, PREC) - aS * _dot(hk, gs2, PREC)
             gk -= _dot(d1 * aM, tl.trans(gw1), PREC) + _dot(d1 * aS, tl.trans(gs1), PREC)
@@ -220,8 +224,8 @@ def _backward_kernel(
         gam, rho, etp = tl.load(GAM + chunk).to(dt), tl.load(RHO + chunk).to(dt), tl.load(ETP + chunk).to(dt)
         ggam, grho, getp = tl.zeros((D,), dt), tl.zeros((D,), dt), tl.zeros((D,), dt)
         for e0 in range(0, E, BE):
-            w1, w2 = tl.load(_tile(W1, src, e0, D, E, BE, False)), tl.load(_tile(W2, src, e0, D, E, BE, True))
-            s1, s2 = tl.load(_tile(S1, src, e0, D, E, BE, False)), tl.load(_tile(S2, src, e0, D, E, BE, True))
+            w1, w2 = _pair(W1, W2, src, e0, D, E, BE)
+            s1, s2 = _pair(S1, S2, src, e0, D, E, BE)
             t_gw1, t_gs1 = _tile(GW1, carry, e0, D, E, BE, False), _tile(GS1, carry, e0, D, E, BE, False)
             t_gw2, t_gs2 = _tile(GW2, carry, e0, D, E, BE, True), _tile(GS2, carry, e0, D, E, BE, True)
             gw1, gs1, gw2, gs2 = tl.load(t_gw1), tl.load(t_gs1), tl.load(t_gw2), tl.load(t_gs2)
