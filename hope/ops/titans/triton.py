@@ -6,10 +6,12 @@ program per (batch, head) runs every chunk of the call in order:
 
 - **forward**: read y = M_0(q) and the chunk's (k, v) at the chunk-start weights, the per-token gradients by hand
   (delta_2 = 2 (M(k) - v), delta_1 = (delta_2 W_2^T) * act'(z)), the per-token clip, and the unrolled
-  momentum/decay update W <- gamma W + rho S - sum_t c_M[t] G_t, S <- eta_prod S - sum_t c_S[t] G_t. The weights
-  and momentum never leave the device's cache between chunks: the kernel streams them in tiles of BE hidden units
-  (``[D, BE]`` of W_1, ``[BE, D]`` of W_2), so no [C, E] activation of a chunk is written to memory. The state at
-  the start of every chunk is stored: that and the inputs are all backward keeps.
+  momentum/decay update W <- gamma W + rho S - sum_t c_M[t] G_t, S <- eta_prod S - sum_t c_S[t] G_t. A head's
+  weights and momentum (4 D E floats: 256 KiB at D 64, E 256) do not fit in one SM's registers, so the kernel
+  streams them in tiles of BE hidden units (``[D, BE]`` of W_1, ``[BE, D]`` of W_2) through the L2 cache, three
+  passes per chunk (M(k) and M(q); the clip's norms; the update), and no [C, E] activation of a chunk is ever
+  written to memory. The state at the start of every chunk is stored: that and the inputs are all backward keeps
+  (n_chunks x 4 D E floats per head, the same boundary states ``memory_recompute`` keeps).
 - **backward**: the chunks in reverse, each recomputed from its stored start state, carrying the gradient of the
   state (dW, dS) from chunk end to chunk start in place. The gradient of a chunk needs sums over all hidden units
   before per-unit terms can be finished (the output M(k), the clip's norms, the gradient of delta_2), so it makes
@@ -37,6 +39,8 @@ from hope.ops.titans.chunked import chunk_coefficients, titans_memory
 __all__ = ["INTERPRETED", "supported", "titans_memory_triton"]
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)  # the kernels below were built for the interpreter (CPU)
+# hidden units per tile; the backward holds about twice as many tiles at once. Not tuned on a GPU yet.
+FORWARD_TILE, BACKWARD_TILE = 64, 32
 
 
 @triton.jit
@@ -285,7 +289,7 @@ class _FusedChunks(torch.autograd.Function):
         tokens = [None if t is None else t.reshape(BH, T, D).contiguous() for t in (q, k, v)]
         coefs = [c.reshape(BH, -1).to(dt).contiguous() for c in (gamma, rho, eta_prod, c_M, c_S)]
         y = None if q is None else torch.empty_like(tokens[0])
-        BE = min(E, 64)
+        BE = min(E, FORWARD_TILE)
         _forward_kernel[(BH,)](
             tokens[0] if q is not None else tokens[1], tokens[1], tokens[2], y if q is not None else tokens[1],
             *coefs, *states, n, T, 0.0 if max_norm is None else max_norm,
@@ -318,7 +322,7 @@ class _FusedChunks(torch.autograd.Function):
         gq, gk, gv = (torch.empty(BH, T, D, dtype=state_dtype, device=k.device) for _ in range(3))
         g_coefs = [torch.empty_like(c) for c in (gamma, rho, eta_prod, c_M, c_S)]
         gy = torch.zeros_like(gq) if gy is None or q is None else gy.reshape(BH, T, D).contiguous()
-        BE = min(E, 64)
+        BE = min(E, BACKWARD_TILE)
         _backward_kernel[(BH,)](
             k if q is None else q, k, v, gy, gamma, rho, eta_prod, c_M, c_S, *states, *carry,
             gq, gk, gv, g_coefs[3], g_coefs[4], *g_coefs[:3], n, T, 0.0 if max_norm is None else max_norm,
