@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from hope.ops.titans import KERNELS as MEMORY_KERNELS
 from hope.presets import PRESETS
 
 ATTN_BACKENDS = ("auto", "sdpa", "flash", "naive")
@@ -159,6 +161,18 @@ class ModelConfig:
     raised titans-mac-170m from 5.2K to 7.4K tokens/s and cut peak memory by 14%, after a ~20 s compile; on CPU
     (2 cores) it took a hope-debug self-modifying layer from 132 to 74-79 ms forward and backward, after ~45 s. Needs
     a working torch.compile backend (a C++ compiler on CPU, Triton on GPU)."""
+    memory_recompute: bool = False
+    """Titans and HOPE: keep only the chunk-boundary weights and momentum of the memory loops for backward and
+    recompute each chunk step there (activation checkpointing, ``hope.ops.recompute``): the same gradients, for
+    about one more forward of the loops and a fraction of their activation memory."""
+    memory_kernel: str = "torch"
+    """Titans: the memory op's kernel. ``torch``: the chunk-parallel PyTorch op on every device. ``triton``: the fused
+    Triton chunk kernels (``hope.ops.titans.triton``; forward and backward, one launch per call, weights and momentum
+    in place, backward recomputes from the stored chunk-boundary states) on CUDA, the PyTorch op elsewhere; memory
+    depth 2, power-of-two head dim, hidden width and chunk size. Needs ``pip install 'hope[cuda]'``. ``fla``: the
+    ablation "linear memory" without momentum, per token (memory_chunk_size 1) and without clip, which is exactly
+    Gated DeltaNet, through flash-linear-attention's chunked gated delta rule on CUDA (``hope.ops.titans.gated_delta``;
+    ``pip install 'hope[fla]'``)."""
     segment_len: int = 512
     """titans-mac: tokens per segment S^(t). The memory is read before and written after each segment; a token
     attends to the persistent tokens and to the memory tokens and tokens of its segment up to itself. Must be a
@@ -243,6 +257,26 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.resolved_head_dim} must be even for RoPE; change n_embd or n_head.")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 1 or null (full attention).")
+        if self.memory_kernel not in MEMORY_KERNELS:
+            raise ValueError(f"model.memory_kernel={self.memory_kernel!r} is unknown; choose one of {MEMORY_KERNELS}.")
+        needs = {"triton": ("triton", "cuda"), "fla": ("fla", "fla")}.get(self.memory_kernel)
+        if needs and importlib.util.find_spec(needs[0]) is None:
+            raise ValueError(
+                f"model.memory_kernel={self.memory_kernel!r} needs {needs[0]} (pip install 'hope[{needs[1]}]'); "
+                "use memory_kernel: torch."
+            )
+        gated_delta = {
+            "memory_linear": True,
+            "memory_momentum": False,
+            "memory_chunk_size": 1,
+            "memory_max_grad_norm": None,
+        }
+        wrong = {key: getattr(self, key) for key, value in gated_delta.items() if getattr(self, key) != value}
+        if self.memory_kernel == "fla" and wrong:
+            raise ValueError(
+                f"model.memory_kernel='fla' is the gated delta rule, which equals the memory only with {gated_delta}; "
+                f"got {wrong}. Set those fields, or memory_kernel: torch."
+            )
         if self.memory_max_grad_norm is not None and self.memory_max_grad_norm <= 0:
             raise ValueError(
                 f"model.memory_max_grad_norm={self.memory_max_grad_norm} must be > 0; use null to disable clipping."

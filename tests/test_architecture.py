@@ -34,8 +34,9 @@ LAYERS = [
 ]
 CORE = {"ops", "config", "layers", "model", "core", "continual"}
 # optional dependencies may be imported where they are used, so that hope works without them
-OPTIONAL = {"flash_attn", "deepspeed", "lm_eval", "matplotlib"}
-OPTIONAL_WRAPPERS = {"hope.evaluation.lm_eval_adapter"}  # modules that import an optional dependency at the top
+OPTIONAL = {"flash_attn", "deepspeed", "lm_eval", "matplotlib", "triton", "fla"}
+# modules that import an optional dependency at the top
+OPTIONAL_WRAPPERS = {"hope.evaluation.lm_eval_adapter", "hope.ops.titans.triton", "hope.ops.titans.gated_delta"}
 MAX_LINES = 400
 
 

@@ -93,3 +93,21 @@ def test_rope_depends_only_on_relative_positions():
     near = rope_at(q, pos, 1e4) @ rope_at(k, pos, 1e4).mT
     far = rope_at(q, pos + 10**9, 1e4) @ rope_at(k, pos + 10**9, 1e4).mT  # float64 angles: no loss far out
     torch.testing.assert_close(far, near, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_persistent", [False, True])
+def test_windowed_call_equals_the_masked_path(with_persistent):
+    """A cache-less call whose window cuts into it takes the O(T W) blocked kernel; it equals ``attend`` under the
+    full mask (the masked path every streamed call takes), outputs and gradients."""
+    attn = attention(window=4, output_proj=False)
+    persistent = torch.randn(3, 16, dtype=F64, requires_grad=True) if with_persistent else None
+    x = torch.randn(2, 11, 16, dtype=F64, requires_grad=True)
+    assert attn._windowed(11)
+    out, _ = attn(x, None, persistent)
+    q, k, v = attn.project(x)
+    positions = torch.arange(11)
+    masked = attn.attend(q, positions, attn.rotate(k, positions), v, positions, persistent)
+    torch.testing.assert_close(out, masked, rtol=1e-12, atol=1e-12)
+    inputs = (x, persistent) if with_persistent else (x,)
+    for a, b in zip(torch.autograd.grad(out.sum(), inputs), torch.autograd.grad(masked.sum(), inputs), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

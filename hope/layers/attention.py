@@ -33,8 +33,10 @@ RoPE angles are computed in float64 from the integer positions on every call, so
 whether it comes in one call or in many, which keeps streaming exact.
 
 **Kernels.** A call with no cache and no persistent prefix (training, the first call of a stream) runs the fused
-causal kernel (``hope.ops.attention.causal_attention``: flash-attn or SDPA's causal mode); every other call runs
-``masked_attention`` with an explicit mask built from the query and key positions.
+causal kernel (``hope.ops.attention.causal_attention``: flash-attn, SDPA's causal mode, or for a window shorter
+than the call the O(T W) blocked SDPA ``sliding_window_attention``). A cache-less call with the prefix and such a
+window (MAG and MAL training) runs ``sliding_window_attention`` with the prefix. Every other call runs
+``masked_attention`` with an explicit mask built from the query and key positions (and so does backend ``naive``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from torch import nn
 
 from hope.config import ModelConfig
 from hope.layers.rope import rope_at
-from hope.ops.attention import causal_attention, causal_mask, masked_attention
+from hope.ops.attention import causal_attention, causal_mask, masked_attention, sliding_window_attention
 
 __all__ = ["CausalSelfAttention", "KVCache"]
 
@@ -92,10 +94,12 @@ class CausalSelfAttention(nn.Module):
         positions_T = torch.arange(start, start + T, device=x_BTC.device)
         q_BHTD, k_BHTD, v_BHTD = self.project(x_BTC)
         k_BHTD = self.rotate(k_BHTD, positions_T)  # once, at its stream position; the cache keeps it rotated
+        keys_BHSD, values_BHSD = k_BHTD, v_BHTD
         if cache is None and persistent_NC is None:  # training, or a stream's first call: the fused causal kernel
             q_BHTD = self.rotate(q_BHTD, positions_T)
             y_BTI = _merge_heads(causal_attention(q_BHTD, k_BHTD, v_BHTD, self.window, self.backend))
-            keys_BHSD, values_BHSD = k_BHTD, v_BHTD
+        elif cache is None and self._windowed(T):  # the same with the prefix (MAG, MAL training): O(T W)
+            y_BTI = self.attend_window(q_BHTD, k_BHTD, v_BHTD, positions_T, persistent_NC)
         else:  # earlier keys and/or the position-free prefix: an explicit mask over the key positions
             cache = self._empty_cache(x_BTC) if cache is None else cache
             keys_BHSD = torch.cat([cache.keys, k_BHTD], dim=2)
@@ -136,18 +140,39 @@ class CausalSelfAttention(nn.Module):
         at k_positions [S] <= its own (and within the sliding window, if any) and to every persistent token [N_p, C]
         (None: none). Returns merged heads [B, T, H*D]."""
         allowed_TS = causal_mask(q_positions_T, k_positions_S, self.window)
-        q_rot_BHTD = self.rotate(q_BHTD, q_positions_T)
-        if persistent_NC is not None:  # widen the head dim so that persistent keys meet the un-rotated query
-            B, T, N_p = q_BHTD.shape[0], q_BHTD.shape[2], persistent_NC.shape[0]
-            pk_BHND, pv_BHND = (t.expand(B, -1, -1, -1) for t in self.project_kv(persistent_NC[None]))
-            q_rot_BHTD = torch.cat([q_rot_BHTD, q_BHTD], dim=-1)  # [R q | q]
-            prefix_k = torch.cat([torch.zeros_like(pk_BHND), pk_BHND], dim=-1)  # [0 | k_P]
-            seq_k = torch.cat([k_rot_BHSD, torch.zeros_like(k_rot_BHSD)], dim=-1)  # [R k | 0]
-            k_rot_BHSD = torch.cat([prefix_k, seq_k], dim=2)  # [B, H, N_p + S, 2D]
-            v_BHSD = torch.cat([pv_BHND, v_BHSD], dim=2)
-            allowed_TS = torch.cat([allowed_TS.new_ones(T, N_p), allowed_TS], dim=-1)
-        y_BHTD = masked_attention(q_rot_BHTD, k_rot_BHSD, v_BHSD, allowed_TS, self.head_dim**-0.5, self.backend)
+        q_BHTD, k_rot_BHSD, prefix = self._widen(q_BHTD, q_positions_T, k_rot_BHSD, persistent_NC)
+        if prefix is not None:
+            k_rot_BHSD = torch.cat([prefix[0], k_rot_BHSD], dim=2)  # [B, H, N_p + S, 2D]
+            v_BHSD = torch.cat([prefix[1], v_BHSD], dim=2)
+            allowed_TS = torch.cat([allowed_TS.new_ones(allowed_TS.shape[0], prefix[0].shape[2]), allowed_TS], dim=-1)
+        y_BHTD = masked_attention(q_BHTD, k_rot_BHSD, v_BHSD, allowed_TS, self.head_dim**-0.5, self.backend)
         return _merge_heads(y_BHTD)
+
+    def attend_window(self, q_BHTD, k_rot_BHTD, v_BHTD, positions_T, persistent_NC) -> torch.Tensor:
+        """``attend`` for queries and keys at the same positions with a window shorter than them: each block of
+        ``window`` queries scores only the keys its window reaches (``sliding_window_attention``, O(T W))."""
+        q_BHTD, k_rot_BHTD, prefix = self._widen(q_BHTD, positions_T, k_rot_BHTD, persistent_NC)
+        prefix_k, prefix_v = (None, None) if prefix is None else prefix
+        y_BHTD = sliding_window_attention(
+            q_BHTD, k_rot_BHTD, v_BHTD, self.window, prefix_k, prefix_v, self.head_dim**-0.5
+        )
+        return _merge_heads(y_BHTD)
+
+    def _windowed(self, T: int) -> bool:
+        """Whether T cache-less queries take ``attend_window``: a window that cuts into them, on a fused backend."""
+        return self.window is not None and self.window < T and self.backend != "naive"
+
+    def _widen(self, q_BHTD, q_positions_T, k_rot_BHSD, persistent_NC):
+        """Rotated queries and keys, widened so that persistent keys meet the un-rotated query: q' = [R q | q],
+        k'_seq = [R k | 0], k'_P = [0 | k_P]. Returns (q', k'_seq, (k'_P, v_P) [B, H, N_p, .] or None)."""
+        q_rot_BHTD = self.rotate(q_BHTD, q_positions_T)
+        if persistent_NC is None:
+            return q_rot_BHTD, k_rot_BHSD, None
+        pk_BHND, pv_BHND = (t.expand(q_BHTD.shape[0], -1, -1, -1) for t in self.project_kv(persistent_NC[None]))
+        q_rot_BHTD = torch.cat([q_rot_BHTD, q_BHTD], dim=-1)  # [R q | q]
+        prefix_k = torch.cat([torch.zeros_like(pk_BHND), pk_BHND], dim=-1)  # [0 | k_P]
+        seq_k = torch.cat([k_rot_BHSD, torch.zeros_like(k_rot_BHSD)], dim=-1)  # [R k | 0]
+        return q_rot_BHTD, seq_k, (prefix_k, pv_BHND)
 
 
 def _merge_heads(y_BHTD: torch.Tensor) -> torch.Tensor:

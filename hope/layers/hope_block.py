@@ -101,6 +101,7 @@ class HopeBlock(_HopeBlockBase):
             max_lr=config.memory_max_lr,
             max_grad_norm=config.memory_max_grad_norm,
             compile=config.memory_compile,
+            recompute=config.memory_recompute,
         )
         self.cms = build_cms(config)
 

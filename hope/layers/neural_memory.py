@@ -53,7 +53,6 @@ on its own: every chunk reads, then writes.
 """
 
 from collections.abc import Callable
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -62,7 +61,7 @@ from torch import nn
 
 from hope.layers.memory_io import causal_conv, detach_field, gated_output, split_heads, zero_conv_cache
 from hope.ops.common import MemoryRule, memory_mlp
-from hope.ops.titans import titans_memory
+from hope.ops.titans import memory_op as titans_memory_op
 
 __all__ = ["NeuralMemory", "NeuralMemoryState"]
 
@@ -110,6 +109,10 @@ class NeuralMemory(nn.Module):
         memory_op: the memory update, called like ``hope.ops.titans.titans_memory`` (without ``compile``); None: that
             chunk-parallel op. Tests pass the literal reference ``hope.ops.titans.naive.titans_memory``.
         compile: run the default op's per-chunk step through torch.compile (GPU speed; see hope.ops.titans.chunked).
+        recompute: keep only chunk-boundary states for backward and recompute each chunk step there
+            (hope.ops.recompute).
+        kernel: ``torch`` (the chunk-parallel PyTorch op) or ``triton`` (the fused kernels of hope.ops.titans.triton
+            on CUDA; the PyTorch op elsewhere). See ``hope.ops.titans.memory_op``.
     """
 
     def __init__(
@@ -135,12 +138,17 @@ class NeuralMemory(nn.Module):
         output_gate: bool = True,
         memory_op: Callable | None = None,
         compile: bool = False,
+        recompute: bool = False,
+        kernel: str = "torch",
     ):
         super().__init__()
         if linear_memory:
             depth, residual = 1, False
-        if depth < 1 or (compile and memory_op is not None):
-            raise ValueError(f"need depth >= 1 and compile only for the default memory_op, got {depth=}, {compile=}")
+        if depth < 1 or ((compile or recompute or kernel != "torch") and memory_op is not None):
+            raise ValueError(
+                f"need depth >= 1, and compile, recompute and kernel only for the default memory_op, got {depth=}, "
+                f"{compile=}, {recompute=}, {kernel=}"
+            )
         self.n_head, self.head_dim, self.rule = (
             n_head,
             head_dim,
@@ -149,7 +157,7 @@ class NeuralMemory(nn.Module):
         self.use_momentum, self.use_weight_decay, self.qk_norm = use_momentum, use_weight_decay, qk_norm
         self.max_lr = 1 / (2 * chunk_size) if max_lr is None else max_lr
         self.ema_momentum = ema_momentum
-        self.memory_op = partial(titans_memory, compile=compile) if memory_op is None else memory_op
+        self.memory_op = titans_memory_op(kernel, compile, recompute) if memory_op is None else memory_op
         inner = n_head * head_dim
 
         self.q_proj = nn.Linear(d_model, inner, bias=False)

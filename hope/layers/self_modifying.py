@@ -91,6 +91,8 @@ class SelfModifyingTitans(nn.Module):
         memory_op: M_memory's loop, called like ``hope.ops.self_modifying.dgd_memory`` (without ``compile``); None: that
             chunk-parallel op. Tests pass the literal references of ``hope.ops.self_modifying.naive``.
         compile: run each chunk step of the default ops through torch.compile (see hope.ops.self_modifying.chunked).
+        recompute: keep only chunk-boundary states for backward and recompute each chunk step there
+            (hope.ops.recompute).
     """
 
     def __init__(
@@ -111,10 +113,11 @@ class SelfModifyingTitans(nn.Module):
         projections_op: Callable | None = None,
         memory_op: Callable | None = None,
         compile: bool = False,
+        recompute: bool = False,
     ):
         super().__init__()
         injected = projections_op is not None or memory_op is not None
-        if d_model % n_head or (compile and injected):
+        if d_model % n_head or ((compile or recompute) and injected):
             raise ValueError(
                 f"need d_model % n_head == 0 and compile only for the default ops, got {n_head=}, {compile=}"
             )
@@ -127,9 +130,11 @@ class SelfModifyingTitans(nn.Module):
         self.max_lr = 1 / (2 * max(chunk_size, memory_chunk_size)) if max_lr is None else max_lr
         self.max_grad_norm = max_grad_norm
         self.projections_op = (
-            partial(self_modifying_projections, compile=compile) if projections_op is None else projections_op
+            partial(self_modifying_projections, compile=compile, recompute=recompute)
+            if projections_op is None
+            else projections_op
         )
-        self.memory_op = partial(dgd_memory, compile=compile) if memory_op is None else memory_op
+        self.memory_op = partial(dgd_memory, compile=compile, recompute=recompute) if memory_op is None else memory_op
 
         self.conv = nn.Conv1d(d_model, d_model, conv_kernel, groups=d_model, bias=False) if use_conv else None
         self.q_proj = None if adaptive_q else nn.Linear(d_model, d_model, bias=False)

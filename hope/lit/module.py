@@ -46,6 +46,9 @@ class HopeLitModule(L.LightningModule):
         optim: Optimizer and learning-rate schedule.
         init_from: Pretrained weights to start from (a ``.ckpt`` or ``.safetensors``). This initialises the
             weights only; optimizer, step and data position start fresh. To continue a run, use ``--ckpt_path``.
+        compile: Run the whole model through ``torch.compile`` (``nn.Module.compile``: in place, so checkpoints keep
+            their keys). The first steps pay the compile time; memory ops whose Python loops break the graph are
+            compiled piecewise (``memory_compile`` compiles their chunk steps alone).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class HopeLitModule(L.LightningModule):
         overrides: dict[str, Any] | None = None,
         optim: OptimConfig | None = None,
         init_from: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.config = ModelConfig.from_preset(preset, **(overrides or {}))
@@ -64,6 +68,8 @@ class HopeLitModule(L.LightningModule):
         self.model = HopeLM(self.config)
         if init_from is not None:
             load_model_weights(self.model, init_from)
+        if compile:
+            self.model.compile()
         self._last_batch_end: float | None = None
         self._resumed: dict[str, Any] | None = None  # the checkpoint's optimizer settings, after --ckpt_path
 

@@ -63,6 +63,8 @@ def build_memory(config: ModelConfig) -> NeuralMemory:
         ema_momentum=config.memory_ema_momentum,
         max_grad_norm=config.memory_max_grad_norm,
         compile=config.memory_compile,
+        recompute=config.memory_recompute,
+        kernel=config.memory_kernel,
     )
 
 

@@ -1,8 +1,9 @@
 """Softmax attention kernels: causal (optionally sliding-window) and under any boolean mask.
 
-- ``causal_attention``: flash-attn 2 when installed and on CUDA in fp16/bf16, else PyTorch SDPA (``is_causal``, or
-  the mask of ``causal_mask`` when a sliding window cuts into the sequence). flash-attn's
-  ``window_size=(w - 1, 0)`` is the same window as ``causal_mask(..., window=w)``.
+- ``causal_attention``: flash-attn 2 when installed and on CUDA in fp16/bf16, else PyTorch SDPA (``is_causal``, or,
+  when a sliding window cuts into the sequence, the O(T W) blocked SDPA of ``chunked.sliding_window_attention``,
+  which equals a masked full SDPA up to round-off). flash-attn's ``window_size=(w - 1, 0)`` is the same window as
+  ``causal_mask(..., window=w)``.
 - ``masked_attention``: SDPA with an explicit boolean mask [T, S] (keys from a cache, a persistent prefix,
   segment-local positions); flash-attn cannot take such a mask.
 
@@ -17,6 +18,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from hope.ops.attention.chunked import sliding_window_attention
 
 __all__ = ["causal_attention", "causal_mask", "flash_attn_available", "masked_attention"]
 
@@ -86,4 +89,4 @@ def causal_attention(q_BHTD, k_BHTD, v_BHTD, window: int | None = None, backend:
         return _flash(q_BHTD, k_BHTD, v_BHTD, window)
     if window is None or window >= q_BHTD.shape[-2]:
         return F.scaled_dot_product_attention(q_BHTD, k_BHTD, v_BHTD, is_causal=True)
-    return F.scaled_dot_product_attention(q_BHTD, k_BHTD, v_BHTD, attn_mask=_square_mask(q_BHTD, window))
+    return sliding_window_attention(q_BHTD, k_BHTD, v_BHTD, window)

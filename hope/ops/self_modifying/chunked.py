@@ -39,6 +39,7 @@ import torch
 
 from hope.ops.common import ACTIVATIONS, clip_scale, read_projections
 from hope.ops.compile import compiled
+from hope.ops.recompute import recomputed
 
 __all__ = ["dgd_memory", "self_modifying_projections", "gate_products", "chunk_maps"]
 
@@ -169,18 +170,31 @@ def _memory_step(W1, W2, X, Psi, G, g, er, k_sq, activation: str, max_grad_norm)
 
 
 def dgd_memory(
-    q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu", max_grad_norm=None, compile: bool = False
+    q,
+    k,
+    v,
+    eta,
+    alpha,
+    W1,
+    W2,
+    chunk_size: int,
+    activation: str = "silu",
+    max_grad_norm=None,
+    compile: bool = False,
+    recompute: bool = False,
 ):
     """Chunk-parallel M_memory; arguments and result exactly as ``naive.dgd_memory``.
 
     Everything that does not involve the weights is hoisted out of the chunk loop and batched over all complete
     chunks: the [q; v; k] inputs of each chunk's forward, |k|^2 for the clip, and the gate maps of
     :func:`chunk_maps` (gate products and triangular solve included); each step of the loop is
-    :func:`_memory_step` (through torch.compile if ``compile``). A last, shorter chunk goes through ``_write_chunk``.
+    :func:`_memory_step` (through torch.compile if ``compile``; recomputed in backward from its chunk-boundary
+    weights if ``recompute``, see ``hope.ops.recompute``). A last, shorter chunk goes through ``_write_chunk``.
     """
     C = chunk_size
     n = k.shape[2] // C
     step = compiled(_memory_step) if compile else _memory_step
+    step = recomputed(step) if recompute else step
     ys = []
     if n:
         # [B, H, n C, ..] -> [n, B, H, C, ..]: chunk-major, so that every chunk's slice is contiguous
@@ -255,17 +269,19 @@ def self_modifying_projections(
     activation: str = "silu",
     max_grad_norm=None,
     compile: bool = False,
+    recompute: bool = False,
 ):
     """Chunk-parallel projection memories; arguments and result exactly as ``naive.self_modifying_projections``.
 
     Here k, v, eta, alpha of a chunk come from its start weights, so only the layout helps: the N memories read
     the same input, so their input-side weights W1 [B, H, N, D, E] are kept side by side as [B, H, D, N E] inside
     the loop (see :func:`_write_shared`) and put back at the end. Each step is :func:`_projection_step` (through
-    torch.compile if ``compile``).
+    torch.compile if ``compile``; recomputed in backward if ``recompute``).
     """
     B, H, N, D, E = W1.shape
     W1 = W1.transpose(2, 3).reshape(B, H, D, N * E)
     step = compiled(_projection_step) if compile else _projection_step
+    step = recomputed(step) if recompute else step
     outs = []
     for s in range(0, x.shape[2], chunk_size):
         out, W1, W2 = step(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation, max_grad_norm)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from hope.ops.common import ACTIVATIONS, Gates, MemoryRule, MemoryState, clip_scale
 from hope.ops.compile import compiled
+from hope.ops.recompute import recomputed
 from hope.ops.scan import linear_scan
 
 __all__ = ["titans_memory"]
@@ -114,10 +115,13 @@ def titans_memory(
     state: MemoryState,
     rule: MemoryRule,
     compile: bool = False,
+    recompute: bool = False,
 ) -> tuple[torch.Tensor | None, MemoryState]:
     """Chunk-parallel Titans memory; arguments and result exactly as ``hope.ops.titans.naive.titans_memory``.
 
-    ``compile=True`` runs each chunk step through torch.compile (same math; needs a working inductor backend).
+    ``compile=True`` runs each chunk step through torch.compile (same math; needs a working inductor backend);
+    ``recompute=True`` keeps only the chunk-boundary states for backward and recomputes each step there
+    (``hope.ops.recompute``; same gradients, less memory).
 
     q, k, v: [B, H, T, D] (q may be None: write only, y is None); gates = (theta, eta, alpha): [B, H, T] in
     (0, 1); state = (weights, momentum): tuples of [B, H, d_in, d_out]; rule: chunk size, MLP form and clipping.
@@ -126,6 +130,7 @@ def titans_memory(
     (weights, momentum), (chunk_size, residual, activation, max_grad_norm) = state, rule
     coefs = _per_chunk_coefficients(*gates, chunk_size)
     step = compiled(_chunk_step) if compile else _chunk_step
+    step = recomputed(step) if recompute else step
     ys = []
     for n, cf in enumerate(coefs):
         chunk = slice(n * chunk_size, (n + 1) * chunk_size)
