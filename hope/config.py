@@ -186,6 +186,11 @@ class ModelConfig:
     """hope: tokens per in-context update of the retrieval memory M_memory (NL §8.2, Eq. 91)."""
     hope_adaptive_q: bool = False
     """hope: q from a self-modifying memory M_q instead of the static projection x W_q (NL Eq. 83 vs 88)."""
+    hope_safe_step: bool = False
+    """hope: cap each token's inner step of the self-modifying memories so that a chunk cannot overshoot (the
+    ``max_lr = 1/(2C)`` rule generalised to MLP memories; ``hope.ops.common.safe_step_scale``). Without it a head
+    whose weights outgrow that rule can diverge in context and amplify float rounding (split-dependent float32
+    logits after ~2K tokens; README "HOPE"). On in the hope presets; off reproduces models trained before it."""
     cms_levels: list[CMSLevel] = field(
         default_factory=lambda: [CMSLevel(None, 16, 1), CMSLevel(None, 256, 4), CMSLevel(None, 4096, 16)]
     )

@@ -100,6 +100,7 @@ class HopeBlock(_HopeBlockBase):
             adaptive_q=config.hope_adaptive_q,
             max_lr=config.memory_max_lr,
             max_grad_norm=config.memory_max_grad_norm,
+            safe_step=config.hope_safe_step,
             compile=config.memory_compile,
         )
         self.cms = build_cms(config)
