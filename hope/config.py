@@ -203,6 +203,10 @@ class ModelConfig:
     cms_objective: str = "teach"
     """HOPE CMS: in-context objective: ``teach`` (the LM loss's gradient dL/dy, as in pretraining) or
     ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2); see hope/layers/cms.py."""
+    cms_learn_in_context: bool = False
+    """HOPE CMS: every forward learns in context, ``hope fit``'s included (NL Eq. 31 with C^(l) in tokens): level l
+    steps every ``tokens_per_update`` tokens of each sequence on the layer-local objective, and the outer loss trains
+    the stored weights through those steps (hope/ops/cms). Needs ``cms_objective: reconstruction``."""
 
     def __post_init__(self) -> None:
         self.cms_levels = [
@@ -276,6 +280,11 @@ class ModelConfig:
             raise ValueError(f"model.cms_inner_lr={self.cms_inner_lr} must be >= 0 (0 freezes the levels in context).")
         if self.cms_objective not in ("teach", "reconstruction"):
             raise ValueError(f"model.cms_objective={self.cms_objective!r}; choose 'teach' or 'reconstruction'.")
+        if self.cms_learn_in_context and self.cms_objective != "reconstruction":
+            raise ValueError(
+                f"model.cms_learn_in_context=true learns inside the forward, where no loss is known, but "
+                f"model.cms_objective={self.cms_objective!r}; set model.cms_objective: reconstruction (layer-local)."
+            )
 
     def _validate_titans(self) -> None:
         for name in ("memory_depth", "memory_expansion", "memory_chunk_size", "memory_conv_kernel", "segment_len"):
