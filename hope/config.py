@@ -202,7 +202,7 @@ class ModelConfig:
     """HOPE CMS: in-context (test-time) step size of every level (NL Eq. 31's eta^(l)); 0 freezes the levels."""
     cms_objective: str = "teach"
     """HOPE CMS: in-context objective: ``teach`` (the LM loss's gradient dL/dy, as in pretraining) or
-    ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2); see hope/layers/cms.py."""
+    ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2 / d); see hope/layers/cms.py."""
     cms_learn_in_context: bool = False
     """HOPE CMS: every forward learns in context, ``hope fit``'s included (NL Eq. 31 with C^(l) in tokens): level l
     steps every ``tokens_per_update`` tokens of each sequence on the layer-local objective, and the outer loss trains

@@ -26,9 +26,11 @@ The inner objective is open in the paper (Eq. 31's f is "the error component of 
   signals are stale by the updates made inside the call.
 * ``"reconstruction"``: a layer-local objective that needs nothing from the model (e.g. while generating, when
   the next token is unknown): each level's SwiGLU branch is an associative memory with key = value = its
-  normalised input u (Titans' k = v = x simplification), objective ||SwiGLU_l(u) - u||^2, u held fixed, so no
-  gradient crosses levels (Nested Learning's gradient separation). On the residual sum it would be ||SwiGLU(u)||^2,
-  whose minimum is the zero map, hence the branch.
+  normalised input u (Titans' k = v = x simplification), objective ||SwiGLU_l(u) - u||^2 / d (the mean over
+  features, so that one inner lr suits any width: the sum's gradients grow with |u|^2 ~ d, and at d = 128 an inner
+  lr of 1e-3 on the sum blew a trained model's levels up within 256 tokens), u held fixed, so no gradient crosses
+  levels (Nested Learning's gradient separation). On the residual sum it would be ||SwiGLU(u)||^2, whose minimum
+  is the zero map, hence the branch.
 
 In pretraining (``learn_in_context=True``, ``ModelConfig.cms_learn_in_context``) every forward learns: each
 level runs ``hope.ops.cms.learn_level`` on the ``reconstruction`` objective (the one a forward can compute: the
@@ -203,7 +205,7 @@ class ContinuumMemory(nn.Module):
                 objective = (y * teach).sum()
             else:  # each level's branch reconstructs its own fixed input
                 pairs = zip(inputs, weights, strict=True)
-                objective = sum((_swiglu(u.detach(), *ws) - u.detach()).pow(2).sum() for u, ws in pairs)
+                objective = sum((_swiglu(u.detach(), *ws) - u.detach()).pow(2).mean(-1).sum() for u, ws in pairs)
             flat = torch.autograd.grad(objective, [W for ws in weights for W in ws], retain_graph=outer)
         grads = [flat[3 * lv : 3 * lv + 3] for lv in range(len(weights))]
         return (y if outer else y.detach()), grads

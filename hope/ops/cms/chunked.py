@@ -2,8 +2,8 @@
 differentiable end to end, so that the outer loss trains the level's stored weights through its in-context updates.
 
 The level's SwiGLU branch f(u) = (silu(u Wg^T) * (u Wu^T)) Wd^T is an associative memory with key = value = its
-normalised input u (``hope.layers.cms``' ``reconstruction`` objective): o_t = ||f(u_t) - u_t||^2, u held as the
-target. Every ``period`` tokens of the stream (counted across calls by ``position``) the level steps on the
+normalised input u (``hope.layers.cms``' ``reconstruction`` objective): o_t = ||f(u_t) - u_t||^2 / d, u held as
+the target. Every ``period`` tokens of the stream (counted across calls by ``position``) the level steps on the
 gradients summed since its last step, each taken at the weights its token read, per stream:
 
     delta <- delta - lr * sum_{t in chunk} grad_W o_t(W_stored + delta)
@@ -13,7 +13,7 @@ never reads an update made with its own or a later token's input (causal). A chu
 batched forward and a hand-written backward (no ``autograd.grad``): with r = f(u) - u, a = u Wg^T, b = u Wu^T,
 s = silu(a), m = s b,
 
-    dWd = 2 r^T m,   dm = 2 r Wd,   dWg = (dm * b * silu'(a))^T u,   dWu = (dm * s)^T u,
+    dWd = (2/d) r^T m,   dm = (2/d) r Wd,   dWg = (dm * b * silu'(a))^T u,   dWu = (dm * s)^T u,
 
 all ordinary tensor ops, so autograd of the outer loss differentiates through the updates (the second-order
 meta-gradient to the stored weights and to u) at about twice the backward of the level's own forward. Only the
@@ -32,12 +32,12 @@ Weights = tuple[torch.Tensor, ...]  # (gate [h, d], up [h, d], down [d, h]), sha
 
 
 def reconstruction_grads(u: torch.Tensor, gate, up, down) -> tuple[torch.Tensor, Weights]:
-    """y = f(u) [B, C, d] and the per-stream gradients (gate, up, down) [B, ., .] of sum_t ||f(u_t) - u_t||^2."""
+    """y = f(u) [B, C, d] and the per-stream gradients (gate, up, down) [B, ., .] of sum_t ||f(u_t) - u_t||^2 / d."""
     a, b = u @ gate.mT, u @ up.mT
     s = F.silu(a)
     m = s * b
     y = m @ down.mT
-    r2 = 2 * (y - u)  # d objective / dy; u is the target (no derivative through it)
+    r2 = (2 / u.shape[-1]) * (y - u)  # d objective / dy; u is the target (no derivative through it)
     dm = r2 @ down
     da = dm * b * ACTIVATIONS["silu"][1](a)
     return y, (da.mT @ u, (dm * s).mT @ u, r2.mT @ m)

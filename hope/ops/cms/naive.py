@@ -1,7 +1,7 @@
 """Literal reference for ``hope.ops.cms.chunked.learn_level``: token by token, gradients by autograd.
 
 Each token reads the level's weights current at its arrival (stored + the stream's delta), its objective
-||f(u_t) - u_t||^2 is differentiated by ``torch.autograd.grad`` with the graph kept (so the outer loss can
+||f(u_t) - u_t||^2 / d is differentiated by ``torch.autograd.grad`` with the graph kept (so the outer loss can
 differentiate through the updates), and the level steps whenever the stream position reaches a multiple of
 ``period``. Only tests import this module.
 """
@@ -29,7 +29,7 @@ def learn_level(u, weights, delta, grad_sum, position: int, period: int, lr: flo
             ws = tuple(W if outer and W.requires_grad else W.detach().requires_grad_() for W in ws)
             u_t = u[:, t : t + 1]
             y = _swiglu(u_t, *ws)
-            grads = torch.autograd.grad((y - u_t).pow(2).sum(), ws, create_graph=outer)
+            grads = torch.autograd.grad((y - u_t).pow(2).mean(-1).sum(), ws, create_graph=outer)
         ys.append(y if outer else y.detach())
         grad_sum = grads if grad_sum is None else tuple(s + g for s, g in zip(grad_sum, grads, strict=True))
         if (position + t + 1) % period == 0:
