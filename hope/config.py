@@ -200,6 +200,11 @@ class ModelConfig:
     """hope: tokens per in-context update of the retrieval memory M_memory (NL §8.2, Eq. 91)."""
     hope_adaptive_q: bool = False
     """hope: q from a self-modifying memory M_q instead of the static projection x W_q (NL Eq. 83 vs 88)."""
+    hope_safe_step: bool = False
+    """hope: cap each token's inner step of the self-modifying memories so that a chunk cannot overshoot (the
+    ``max_lr = 1/(2C)`` rule generalised to MLP memories; ``hope.ops.common.safe_step_scale``). Without it a head
+    whose weights outgrow that rule can diverge in context and amplify float rounding (split-dependent float32
+    logits after ~2K tokens; README "HOPE"). On in the hope presets; off reproduces models trained before it."""
     cms_levels: list[CMSLevel] = field(
         default_factory=lambda: [CMSLevel(None, 16, 1), CMSLevel(None, 256, 4), CMSLevel(None, 4096, 16)]
     )
@@ -211,7 +216,11 @@ class ModelConfig:
     """HOPE CMS: in-context (test-time) step size of every level (NL Eq. 31's eta^(l)); 0 freezes the levels."""
     cms_objective: str = "teach"
     """HOPE CMS: in-context objective: ``teach`` (the LM loss's gradient dL/dy, as in pretraining) or
-    ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2); see hope/layers/cms.py."""
+    ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2 / d); see hope/layers/cms.py."""
+    cms_learn_in_context: bool = False
+    """HOPE CMS: every forward learns in context, ``hope fit``'s included (NL Eq. 31 with C^(l) in tokens): level l
+    steps every ``tokens_per_update`` tokens of each sequence on the layer-local objective, and the outer loss trains
+    the stored weights through those steps (hope/ops/cms). Needs ``cms_objective: reconstruction``."""
 
     def __post_init__(self) -> None:
         self.cms_levels = [
@@ -305,6 +314,11 @@ class ModelConfig:
             raise ValueError(f"model.cms_inner_lr={self.cms_inner_lr} must be >= 0 (0 freezes the levels in context).")
         if self.cms_objective not in ("teach", "reconstruction"):
             raise ValueError(f"model.cms_objective={self.cms_objective!r}; choose 'teach' or 'reconstruction'.")
+        if self.cms_learn_in_context and self.cms_objective != "reconstruction":
+            raise ValueError(
+                f"model.cms_learn_in_context=true learns inside the forward, where no loss is known, but "
+                f"model.cms_objective={self.cms_objective!r}; set model.cms_objective: reconstruction (layer-local)."
+            )
 
     def _validate_titans(self) -> None:
         for name in ("memory_depth", "memory_expansion", "memory_chunk_size", "memory_conv_kernel", "segment_len"):

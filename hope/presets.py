@@ -31,6 +31,7 @@ _SIZED = {"vocab_size": 32000, "max_seq_len": 4096}  # the Llama-2 vocabulary, 4
 _TITANS_DEBUG = {"memory_depth": 2, "memory_expansion": 2, "memory_chunk_size": 16, "n_persistent": 4}
 _TITANS = {"memory_depth": 2, "memory_expansion": 4, "memory_chunk_size": 64, "n_persistent": 4}
 _HOPE_DEBUG = {"hope_chunk_size": 16, "hope_memory_chunk_size": 16}
+_SMT = {"family": "hope", "hope_safe_step": True}  # the self-modifying Titans family, with its inner-step guard
 
 
 def _cms(hidden: int, tokens: tuple[int, ...] = (16, 256, 4096), steps: tuple[int, ...] = (1, 4, 16)) -> dict:
@@ -214,11 +215,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "intermediate_size": 3328,
     },
     # -- HOPE: self-modifying Titans, then the Continuum Memory System ----------------------------------------------
-    "hope-debug": {**_DEBUG, **_HOPE_DEBUG, "family": "hope", **_cms(128, tokens=(16, 64, 256), steps=(1, 2, 4))},
-    "hope-170m": {**_SIZED, "family": "hope", "n_layer": 16, "n_head": 12, "n_embd": 768, **_cms(768)},
-    "hope-340m": {**_SIZED, "family": "hope", "n_layer": 24, "n_head": 16, "n_embd": 1024, **_cms(768)},
-    "hope-760m": {**_SIZED, "family": "hope", "n_layer": 24, "n_head": 24, "n_embd": 1536, **_cms(1344)},
-    "hope-1.3b": {**_SIZED, "family": "hope", "n_layer": 24, "n_head": 32, "n_embd": 2048, **_cms(1792)},
+    "hope-debug": {**_DEBUG, **_HOPE_DEBUG, **_SMT, **_cms(128, tokens=(16, 64, 256), steps=(1, 2, 4))},
+    "hope-170m": {**_SIZED, **_SMT, "n_layer": 16, "n_head": 12, "n_embd": 768, **_cms(768)},
+    "hope-340m": {**_SIZED, **_SMT, "n_layer": 24, "n_head": 16, "n_embd": 1024, **_cms(768)},
+    "hope-760m": {**_SIZED, **_SMT, "n_layer": 24, "n_head": 24, "n_embd": 1536, **_cms(1344)},
+    "hope-1.3b": {**_SIZED, **_SMT, "n_layer": 24, "n_head": 32, "n_embd": 2048, **_cms(1792)},
     # -- Hope-Attention: global softmax attention, then the Continuum Memory System ---------------------------------
     "hope-attention-debug": {
         **_DEBUG,

@@ -121,14 +121,19 @@ class TestTimeLearner:
 
 @contextmanager
 def _recording_cms(model: HopeLM) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Within the context, the model's forward records (input, output y) of every block's CMS, in block order, and
-    starts its graph at the embedding's output (a detached leaf that requires grad)."""
+    """Within the context, the model's forward records (input, output y) of every block's CMS, in block order,
+    starts its graph at the embedding's output (a detached leaf that requires grad), and only reads the CMS fast
+    weights (a model with ``cms_learn_in_context`` learns here from the learner's objective, not in its forward)."""
     records: list[tuple[torch.Tensor, torch.Tensor]] = []
+    in_context = [block.cms.learn_in_context for block in model.blocks]
     handles = [model.embed.register_forward_hook(lambda module, args, out: out.detach().requires_grad_())]
     for block in model.blocks:
         handles.append(block.cms.register_forward_hook(lambda module, args, out: records.append((args[0], out[0]))))
+        block.cms.learn_in_context = False
     try:
         yield records
     finally:
         for handle in handles:
             handle.remove()
+        for block, flag in zip(model.blocks, in_context, strict=True):
+            block.cms.learn_in_context = flag

@@ -9,9 +9,10 @@ The CMS already has a pre-norm and a residual per level (h <- h + SwiGLU_l(RMSNo
 another residual: with one level it *is* the Transformer++ MLP sub-layer, which is what ad-hoc level stacking
 (``hope.stack``) relies on.
 
-State: ``HopeState(mixer, cms)``. ``forward`` reads the CMS fast weights in ``state.cms`` but never changes them;
-learning them in context needs the model's loss and is driven by ``hope.ttl.TestTimeLearner``, which runs the
-model's forward and records each ``cms``'s input and output with forward hooks.
+State: ``HopeState(mixer, cms)``. ``forward`` reads the CMS fast weights in ``state.cms``; it changes them only
+with ``cms_learn_in_context`` (a layer-local objective, in every forward). Learning them from the model's loss is
+driven by ``hope.ttl.TestTimeLearner``, which runs the model's forward and records each ``cms``'s input and output
+with forward hooks.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def build_cms(config: ModelConfig) -> ContinuumMemory:
         objective=config.cms_objective,
         norm=True,
         norm_eps=config.norm_eps,
+        learn_in_context=config.cms_learn_in_context,
     )
 
 
@@ -74,10 +76,10 @@ class _HopeBlockBase(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, state: HopeState | None = None) -> tuple[torch.Tensor, HopeState]:
-        """y = CMS(mix(x)) with the CMS fast weights of ``state`` (read, not learned) and the new state."""
+        """y = CMS(mix(x)) with the CMS fast weights of ``state`` (learned here only with cms_learn_in_context)."""
         mixer_state, cms_state = (None, None) if state is None else state
         o, mixer_state = self.mix(x, mixer_state)
-        y, cms_state = self.cms(o, cms_state)  # reads the fast weights; learning is hope.ttl's job
+        y, cms_state = self.cms(o, cms_state)  # learning from the loss is hope.ttl's job
         return y, HopeState(mixer_state, cms_state)
 
 
@@ -100,6 +102,7 @@ class HopeBlock(_HopeBlockBase):
             adaptive_q=config.hope_adaptive_q,
             max_lr=config.memory_max_lr,
             max_grad_norm=config.memory_max_grad_norm,
+            safe_step=config.hope_safe_step,
             compile=config.memory_compile,
             recompute=config.memory_recompute,
         )
