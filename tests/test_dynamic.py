@@ -19,35 +19,37 @@ def tokens(model, length: int = T, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
-def krause_loop(model, idx_1T: torch.Tensor, cfg: DynamicConfig) -> torch.Tensor:
-    """Dynamic evaluation written out on a copy of the model: per segment, the logits with the current weights, then
-    (decay toward the start, then) a torch.optim step on the segment's mean loss. rms is Adam without momentum
-    (betas (0, beta)): m = g, v = beta v + (1 - beta) g^2, step lr * g / (sqrt(v / (1 - beta^k)) + eps)."""
+def krause_loop(model, idx_1T: torch.Tensor, cfg: DynamicConfig, calls: list[tuple[int, int]] | None = None):
+    """Dynamic evaluation written out on a copy of the model, over the calls ``[start, end)`` read in order (default:
+    one call): per segment, the logits with the current weights, then (decay toward the start, then) a torch.optim
+    step on the mean loss of the segment's targets inside the call. rms is Adam without momentum (betas (0, beta)):
+    m = g, v = beta v + (1 - beta) g^2, step lr * g / (sqrt(v / (1 - beta^k)) + eps)."""
     model = copy.deepcopy(model)
     start = [p.detach().clone() for p in model.parameters()]
     if cfg.rule == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.0, cfg.beta), eps=cfg.eps)
-    logits, state, T = [], None, idx_1T.shape[1]
-    for a in range(0, T, cfg.segment):
-        b = min(T, a + cfg.segment)
-        if model.carries_state:  # the context is the state after the previous segment
-            out, state = model(idx_1T[:, a:b], state)
-            # cloned, not only detached: a state may hold views of the initial weights, which opt.step changes
-            state = tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, state)
-        else:  # the context is the whole sequence up to the segment's end
-            out = model(idx_1T[:, :b])[0][:, a:]
-        logits.append(out.detach())
-        n = min(b, T - 1) - a
-        if n > 0:
-            opt.zero_grad()
-            next_token_loss(out[:, :n], idx_1T[:, a + 1 : a + 1 + n]).backward()
-            with torch.no_grad():
-                for p, p0 in zip(model.parameters(), start, strict=True):
-                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad  # not reached: its gradient is 0
-                    p.copy_(p0 + (1 - cfg.decay) * (p - p0))
-            opt.step()
+    logits, state = [], None
+    for first, last in calls or [(0, idx_1T.shape[1])]:
+        for a in range(first, last, cfg.segment):
+            b = min(last, a + cfg.segment)
+            if model.carries_state:  # the context is the state after the previous segment
+                out, state = model(idx_1T[:, a:b], state)
+                # cloned, not only detached: a state may hold views of the initial weights, which opt.step changes
+                state = tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, state)
+            else:  # the context is the call's tokens up to the segment's end
+                out = model(idx_1T[:, first:b])[0][:, a - first :]
+            logits.append(out.detach())
+            n = min(b, last - 1) - a
+            if n > 0:
+                opt.zero_grad()
+                next_token_loss(out[:, :n], idx_1T[:, a + 1 : a + 1 + n]).backward()
+                with torch.no_grad():
+                    for p, p0 in zip(model.parameters(), start, strict=True):
+                        p.grad = torch.zeros_like(p) if p.grad is None else p.grad  # not reached: its gradient is 0
+                        p.copy_(p0 + (1 - cfg.decay) * (p - p0))
+                opt.step()
     return torch.cat(logits, dim=1)
 
 
