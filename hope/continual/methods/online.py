@@ -52,7 +52,8 @@ class _Reading(ContinualMethod):
         """Consolidate ``state`` into the model; returns it and the relative Frobenius change of all weights."""
         before = [p.detach().clone() for p in model.parameters()]
         state = self._reader.consolidate(state, max_change)
-        change = sum(float((p.detach() - b).double().pow(2).sum()) for p, b in zip(model.parameters(), before, strict=True))
+        pairs = zip(model.parameters(), before, strict=True)
+        change = sum(float((p.detach() - b).double().pow(2).sum()) for p, b in pairs)
         norm = sum(float(b.double().pow(2).sum()) for b in before)
         return state, (change / norm) ** 0.5
 
