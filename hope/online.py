@@ -38,7 +38,7 @@ from hope.layers.cms import ContinuumMemory
 from hope.model import HopeLM
 from hope.ttl import TestTimeLearner
 
-__all__ = ["OnlineLM", "TTLConfig", "learning_from_args", "learning", "online_model"]
+__all__ = ["OnlineLM", "TTLConfig", "learning", "learning_from_args", "learning_settings", "online_model"]
 
 
 @dataclass
@@ -128,6 +128,11 @@ def learning(
         model.load_state_dict(weights)
         for m, inner_lr, objective in settings:
             m.inner_lr, m.objective = inner_lr, objective
+
+
+def learning_settings(ttl: TTLConfig | None, dynamic: DynamicConfig | None) -> dict:
+    """``{"ttl": ..., "dynamic": ...}`` as plain dicts (None when off), for the JSON reports."""
+    return {k: None if v is None else dataclasses.asdict(v) for k, v in (("ttl", ttl), ("dynamic", dynamic))}
 
 
 def learning_from_args(args: Mapping[str, object]) -> tuple[TTLConfig | None, DynamicConfig | None]:

@@ -115,7 +115,7 @@ def test_an_evaluation_leaves_its_model_as_it_was():
     from hope.tokenizer import Tokenizer
 
     model = hope_model("hope", vocab_size=8192).float()
-    tok, texts = Tokenizer.default(), ["def f(x):\n    return x * 2\n" * 3] * 3
+    tok, texts = Tokenizer.default(), ["def f(x):\n    return x * 2\n" * 2] * 2
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     runs = {
         consolidate: evaluate_perplexity(
@@ -129,7 +129,7 @@ def test_an_evaluation_leaves_its_model_as_it_was():
         )["token_perplexity"]
         for consolidate in (False, True)
     }
-    assert runs[True] < runs[False]  # the second and third copy read what the first taught
+    assert runs[True] < runs[False]  # the second copy reads what the first taught
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), k
     assert model.blocks[0].cms.inner_lr == [model.config.cms_inner_lr] * len(model.config.cms_levels)

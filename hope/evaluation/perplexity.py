@@ -28,7 +28,6 @@ position in its document (the number of document tokens before it), in buckets o
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 from hope.dynamic import DynamicConfig
 from hope.evaluation import metrics
 from hope.evaluation.scoring import Window, rolling_windows, score_windows, strided_windows
-from hope.online import TTLConfig, learning
+from hope.online import TTLConfig, learning, learning_settings
 from hope.tokenizer import Tokenizer
 
 PROTOCOLS = ("strided", "rolling")
@@ -172,8 +171,7 @@ def evaluate_perplexity(
         "window": window,
         "stride": stride if protocol == "strided" else None,
         "state": state,
-        "ttl": None if ttl is None else dataclasses.asdict(ttl),
-        "dynamic": None if dynamic is None else dataclasses.asdict(dynamic),
+        **learning_settings(ttl, dynamic),
     }
     return {**settings, **totals.report(), "seconds": round(time.perf_counter() - started, 3)}
 

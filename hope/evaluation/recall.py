@@ -40,7 +40,7 @@ from hope.data.sources import default_corpus_files, is_validation
 from hope.dynamic import DynamicConfig
 from hope.evaluation.retention.tasks import encode_pair
 from hope.evaluation.scoring import continuation_token_scores, rolling_windows, score_windows
-from hope.online import TTLConfig, learning
+from hope.online import TTLConfig, learning, learning_settings
 from hope.tokenizer import Tokenizer
 
 KINDS = ("passkey", "number", "word")
@@ -260,8 +260,7 @@ def evaluate_recall(
         "window": reading.window,
         "state": "carry" if reading.carry else "reset",
         "seed": reading.seed,
-        "ttl": None if reading.ttl is None else dataclasses.asdict(reading.ttl),
-        "dynamic": None if reading.dynamic is None else dataclasses.asdict(reading.dynamic),
+        **learning_settings(reading.ttl, reading.dynamic),
     }
     with learning(model, reading.ttl, reading.dynamic) as reader:
         if kinds:
