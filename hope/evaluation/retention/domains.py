@@ -116,8 +116,9 @@ def _take(texts: Iterable[str], max_chars: int, max_file_chars: int) -> list[str
 
 
 class LocalDomains(DomainSequence):
-    """Your own text as a domain sequence: each entry of ``paths`` is one domain (a task), learned in order and
-    tested by its held-out perplexity, with the budgets of ``DomainSequence``.
+    """Your own folders or files of text as a domain sequence, each domain tested by its held-out perplexity.
+
+    Each entry of ``paths`` is one domain (a task), learned in order, with the budgets of ``DomainSequence``.
 
     An entry is a folder or a file of text (anything ``data.source`` reads: ``.txt``/``.md`` files, one document
     each; ``.jsonl``/``.json``/``.parquet`` rows from ``text_field``), split into train and test by a stable hash of
