@@ -38,7 +38,7 @@ from hope.layers.hope_block import HopeState
 from hope.loss import next_token_loss
 from hope.model import HopeLM
 
-__all__ = ["TestTimeLearner"]
+__all__ = ["TestTimeLearner", "change_scale"]
 
 
 class TestTimeLearner:
@@ -110,13 +110,40 @@ class TestTimeLearner:
         """The same streams with the CMS's in-context learning forgotten (the mixers' context is kept)."""
         return [HopeState(s.mixer, None) for s in state]
 
-    def consolidate(self, state: list) -> list:
+    def fresh_context(self, state: list) -> list:
+        """The CMS's in-context learning kept, the mixers' context forgotten (a new document or window)."""
+        return [HopeState(None, s.cms) for s in state]
+
+    def consolidate(self, state: list, max_change: float | None = None) -> list:
         """Write the fast weights into the model (mean over the batch; exact for one stream), so that a deployed
-        model keeps what it learned; returns the state with no pending change (position and partial sums kept)."""
+        model keeps what it learned; returns the state with no pending change (position and partial sums kept).
+        ``max_change`` caps one consolidation per level: the change of each level's (gate, up, down) weights has a
+        Frobenius norm of at most ``max_change`` times theirs (a larger one is scaled down, its direction kept)."""
         return [
-            HopeState(s.mixer, None if s.cms is None else cms.consolidate(s.cms))
+            HopeState(s.mixer, None if s.cms is None else cms.consolidate(_capped(cms, s.cms, max_change)))
             for cms, s in zip(self.cms, state, strict=True)
         ]
+
+
+def change_scale(deltas: list[torch.Tensor], weights: list[torch.Tensor], max_change: float) -> float:
+    """The factor (<= 1) that brings the joint Frobenius norm of ``deltas`` down to ``max_change`` times that of
+    ``weights`` (1 if it is already within it)."""
+    change = sum(float(d.detach().double().pow(2).sum()) for d in deltas) ** 0.5
+    norm = sum(float(w.detach().double().pow(2).sum()) for w in weights) ** 0.5
+    return 1.0 if change <= max_change * norm else max_change * norm / change
+
+
+def _capped(cms: ContinuumMemory, cms_state, max_change: float | None):
+    """``cms_state`` with each level's batch-mean change scaled by ``change_scale`` (unchanged if no cap)."""
+    if max_change is None:
+        return cms_state
+    delta = []
+    for level, d in zip(cms.levels, cms_state.delta, strict=True):
+        if d is not None:
+            scale = change_scale([x.mean(0) for x in d], list(level.weights()), max_change)
+            d = tuple(x * scale for x in d)
+        delta.append(d)
+    return cms_state._replace(delta=tuple(delta))
 
 
 @contextmanager

@@ -2,8 +2,9 @@
 
 The layers, bottom to top (a module may import its own layer and the ones below, never one above):
 
-    ops -> config -> layers -> model -> core (data, optim, checkpoint, tokenizer, ttl, generate) -> continual
-        -> lit (Lightning glue) -> evaluation | finetune (neither imports the other) -> commands (cli, convert, stack)
+    ops -> config -> layers -> model -> core (data, optim, checkpoint, tokenizer, ttl, dynamic, online, generate)
+        -> continual -> lit (Lightning glue) -> evaluation | finetune (neither imports the other)
+        -> commands (cli, convert, stack)
 
 Everything up to ``continual`` is the core: it never imports Lightning.
 """
@@ -26,7 +27,19 @@ LAYERS = [
     ("config", ("hope.config", "hope.presets")),
     ("layers", ("hope.layers",)),
     ("model", ("hope.model", "hope.loss")),
-    ("core", ("hope.tokenizer", "hope.data", "hope.optim", "hope.checkpoint", "hope.ttl", "hope.generate")),
+    (
+        "core",
+        (
+            "hope.tokenizer",
+            "hope.data",
+            "hope.optim",
+            "hope.checkpoint",
+            "hope.ttl",
+            "hope.dynamic",
+            "hope.online",
+            "hope.generate",
+        ),
+    ),
     ("continual", ("hope.continual",)),
     ("lit", ("hope.lit",)),
     ("apps", ("hope.evaluation", "hope.finetune")),

@@ -66,6 +66,24 @@ def test_methods_match_hope_scorers(checkpoint):
     assert len(out) == 1 and "\n" not in out[0] and len(tok.encode(out[0], bos=False)) <= 5
 
 
+def test_learning_while_reading_matches_hope_eval_perplexity(checkpoint):
+    """dynamic=... / ttl=... model args: rolling log-likelihoods learn along each document, as `hope eval
+    perplexity --state document --dynamic ...` does; test-time learning on a Transformer++ is a clear error."""
+    from hope.dynamic import DynamicConfig
+
+    lm = HopeEvalLM(checkpoint=str(checkpoint), device="cpu", dynamic_lr=3e-3, dynamic_segment=4)
+    rolling = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(d,) for d in DOCS]), disable_tqdm=True)
+    learned = evaluate_perplexity(
+        lm.model, lm.hope_tokenizer, DOCS, "rolling", 16, state="document", progress=False,
+        dynamic=DynamicConfig(lr=3e-3, segment=4),
+    )  # fmt: skip
+    plain = evaluate_perplexity(lm.model, lm.hope_tokenizer, DOCS, "rolling", 16, state="document", progress=False)
+    assert sum(rolling) == pytest.approx(learned["loglikelihood"], rel=1e-6)
+    assert learned["loglikelihood"] != pytest.approx(plain["loglikelihood"], rel=1e-4)
+    with pytest.raises(ValueError, match="no CMS levels"):
+        HopeEvalLM(checkpoint=str(checkpoint), device="cpu", ttl=True)
+
+
 def test_simple_evaluate_with_local_tasks(checkpoint, tmp_path):
     """lm-eval end to end, offline: a rolling-perplexity, a multiple-choice and a generation task."""
     import lm_eval

@@ -21,7 +21,6 @@ hooks in a small loop of its own (settings in ``TaskLoop``). The hooks, in the o
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -188,11 +187,3 @@ class FinetuneMethod(ContinualMethod):
         self.end_task(model, *text_blocks(task.train, tokenizer, seq_len))
         self._tasks_learned += 1
         return {"steps": float(step), "loss_first": losses[0], "loss_last": losses[-1], **stats}
-
-    def config(self) -> dict:
-        """Hyper-parameters for the report: the public attributes, the ``TaskLoop`` as a dict."""
-        return {
-            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-            for k, v in vars(self).items()
-            if not k.startswith("_")
-        }

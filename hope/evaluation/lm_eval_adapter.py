@@ -14,6 +14,16 @@ lm-evaluation-harness issue #3282), so importing this module registers the class
 ``loglikelihood_rolling`` and reset between documents, lm-eval's "each document separately"; ``reset``: every
 window starts fresh), ``max_gen_toks`` (default 256).
 
+Learning while reading (``hope.online``): ``ttl=true`` (HOPE's CMS levels learn in context; ``ttl_inner_lr``,
+``ttl_objective``) or ``dynamic=true`` (dynamic evaluation, every family; ``dynamic_lr``, ``dynamic_rule``,
+``dynamic_segment``, ``dynamic_decay``); any ``ttl_*`` / ``dynamic_*`` key alone turns it on. Every token is scored
+before anything learns from it. A rolling log-likelihood learns along its document (with ``state=document``; per
+window with ``reset``), a ``loglikelihood`` request along its context and each continuation on its own, and
+generation along its prompt; every request starts from the checkpoint's weights::
+
+    hope eval lm-eval --model hope --model_args checkpoint=...,ttl=true,ttl_inner_lr=1e-3 --tasks wikitext
+    hope eval lm-eval --model hope --model_args checkpoint=...,dynamic_lr=1e-4 --tasks wikitext
+
 Requests are scored with ``hope.evaluation.scoring``, so ``loglikelihood_rolling`` here and ``hope eval
 perplexity --protocol rolling`` give the same numbers. Every context starts with BOS, as training documents do
 (lm-eval itself adds one only to empty contexts), and padded logits are excluded. Generation is greedy and has
@@ -33,6 +43,7 @@ from tqdm.auto import tqdm
 
 from hope.evaluation.loading import load_for_eval
 from hope.evaluation.scoring import continuation_token_scores, read_context, rolling_windows, score_windows, summed
+from hope.online import learning_from_args, online_model
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +61,7 @@ class HopeEvalLM(TemplateLM):
         state: str = "document",
         max_gen_toks: int = 256,
         **kwargs,
-    ) -> None:  # lm-eval also passes batch_size, max_batch_size, ...: not needed here
+    ) -> None:  # kwargs: ttl*/dynamic* (see the module docstring); lm-eval's batch_size, ...: not needed here
         super().__init__()
         if state not in ("document", "reset"):
             raise ValueError(f"state={state!r}: choose 'document' or 'reset'")
@@ -59,6 +70,10 @@ class HopeEvalLM(TemplateLM):
             log.warning("device=%r but CUDA is not available: using the CPU", device)
             device = "cpu"
         self.model, self.hope_tokenizer = load_for_eval(checkpoint, tokenizer, device)
+        ttl, dynamic = learning_from_args(kwargs)
+        if ttl is not None and ttl.consolidate:
+            raise ValueError("ttl_consolidate: lm-eval scores every request on its own; nothing is consolidated")
+        self.reader = online_model(self.model, ttl, dynamic)  # the model itself without learning
         self.max_length = int(max_length or self.model.config.max_seq_len)
         if self.max_length > self.model.config.max_seq_len:
             raise ValueError(f"max_length={self.max_length} exceeds the model's max_seq_len")
@@ -101,7 +116,9 @@ class HopeEvalLM(TemplateLM):
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for context, indices in tqdm(groups.items(), desc="loglikelihood", disable=disable_tqdm):
             continuations = [requests[i][2] for i in indices]
-            scores = summed(continuation_token_scores(self.model, list(context), continuations, window=self.max_length))
+            scores = summed(
+                continuation_token_scores(self.reader, list(context), continuations, window=self.max_length)
+            )
             for i, (ll, greedy) in zip(indices, scores, strict=True):
                 results[i] = (ll, greedy)
                 if self.cache_hook is not None:
@@ -115,7 +132,7 @@ class HopeEvalLM(TemplateLM):
             (string,) = request.args
             seq = [self.prefix_token_id] + self.tok_encode(string)
             scored = score_windows(
-                self.model, seq, rolling_windows(len(seq), self.max_length), carry=self.state == "document"
+                self.reader, seq, rolling_windows(len(seq), self.max_length), carry=self.state == "document"
             )
             ll = float(scored.logprobs.sum())
             out.append(ll)
@@ -144,8 +161,8 @@ class HopeEvalLM(TemplateLM):
         generated: list[int] = []
         device = next(self.model.parameters()).device
         for _ in range(max_new):
-            window, state = read_context(self.model, prompt + generated, self.max_length, None)
-            logits, _ = self.model(torch.tensor([window], device=device), state)
+            window, state = read_context(self.reader, prompt + generated, self.max_length, None)
+            logits, _ = self.reader(torch.tensor([window], device=device), state)
             next_id = int(logits[0, -1, : self.model.config.vocab_size].argmax())
             if next_id == self.eot_token_id:
                 break

@@ -37,8 +37,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hope.data.sources import default_corpus_files, is_validation
+from hope.dynamic import DynamicConfig
 from hope.evaluation.retention.tasks import encode_pair
 from hope.evaluation.scoring import continuation_token_scores, rolling_windows, score_windows
+from hope.online import TTLConfig, learning, learning_settings
 from hope.tokenizer import Tokenizer
 
 KINDS = ("passkey", "number", "word")
@@ -113,12 +115,16 @@ def needle_sample(
 class Reading:
     """How the recall tests read a prompt: forward passes of ``window`` tokens (None: the model's max_seq_len); with
     ``carry`` the tokens before the last window go into the model's recurrent state, without it they are dropped.
-    ``seed`` fixes every needle, key and value; ``progress`` shows progress bars."""
+    ``seed`` fixes every needle, key and value; ``progress`` shows progress bars. ``ttl`` / ``dynamic``: the model
+    learns while it reads each prompt (``hope.online``; every token scored before it is learned from), starting
+    afresh at every prompt."""
 
     window: int | None = None
     carry: bool = True
     seed: int = 0
     progress: bool = True
+    ttl: TTLConfig | None = None
+    dynamic: DynamicConfig | None = None
 
 
 @torch.no_grad()
@@ -245,14 +251,22 @@ def evaluate_recall(
     reading = dataclasses.replace(reading, window=reading.window or model.config.max_seq_len)
     if reading.window > model.config.max_seq_len:
         raise ValueError(f"window={reading.window} exceeds the model's max_seq_len={model.config.max_seq_len}")
+    if reading.ttl is not None and reading.ttl.consolidate:
+        raise ValueError("ttl.consolidate: recall learns each prompt afresh (a consolidated needle would leak)")
     started = time.perf_counter()
     was_training = model.training
     model.eval()
-    report = {"window": reading.window, "state": "carry" if reading.carry else "reset", "seed": reading.seed}
-    if kinds:
-        report["needle"] = evaluate_needles(model, tokenizer, kinds, lengths, depths, samples, hay, reading)
-    if pairs:
-        report["associative"] = evaluate_associative(model, tokenizer, pairs, pair_samples, reading)
+    report = {
+        "window": reading.window,
+        "state": "carry" if reading.carry else "reset",
+        "seed": reading.seed,
+        **learning_settings(reading.ttl, reading.dynamic),
+    }
+    with learning(model, reading.ttl, reading.dynamic) as reader:
+        if kinds:
+            report["needle"] = evaluate_needles(reader, tokenizer, kinds, lengths, depths, samples, hay, reading)
+        if pairs:
+            report["associative"] = evaluate_associative(reader, tokenizer, pairs, pair_samples, reading)
     model.train(was_training)
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report

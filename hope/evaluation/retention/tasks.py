@@ -6,9 +6,9 @@ it*: the method may hand over an ``EvalContext`` with tokens to prepend (in-cont
 state to start from (test-time memory). Two test sets cover the built-in suites:
 
 - ``CandidateRanking`` (metric ``accuracy``): a prompt and candidate answers; the answer counts as correct when
-  its summed log-likelihood after the prompt is the highest (lm-eval's ``acc`` for multiple choice). For tiny
-  models this is far more robust than exact-match on greedy generations, which stays at 0 until a model is
-  strong, and its chance level (1 / candidates) is known.
+  its summed log-likelihood after the prompt is the highest (lm-eval's ``acc`` for multiple choice, with its
+  binomial standard error, ``standard_error``). For tiny models this is far more robust than exact-match on
+  greedy generations, which stays at 0 until a model is strong, and its chance level (1 / candidates) is known.
 - ``HeldOutPerplexity`` (metric ``perplexity``): token perplexity of held-out text, in chunks of ``chunk``
   tokens; each chunk's first token is context only, so the same tokens are scored with and without a prefix.
 """
@@ -68,6 +68,10 @@ class CandidateRanking:
             best = max(range(len(scores)), key=lambda i: scores[i][0])
             correct += item.candidates[best] == item.answer
         return correct / len(self.items)
+
+    def standard_error(self, accuracy: float) -> float:
+        """Binomial standard error of an accuracy over these items, sqrt(p (1 - p) / (n - 1)) (lm-eval's)."""
+        return math.sqrt(accuracy * (1 - accuracy) / max(len(self.items) - 1, 1))
 
 
 class HeldOutPerplexity:
