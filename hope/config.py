@@ -19,7 +19,7 @@ from typing import Any
 from hope.presets import PRESETS
 
 ATTN_BACKENDS = ("auto", "sdpa", "flash", "naive")
-FAMILIES = ("transformer", "titans-mac", "titans-mag", "titans-mal", "titans-lmm", "hope", "hope-attention")
+FAMILIES = ("transformer", "titans-mac", "titans-mag", "titans-mal", "titans-lmm", "hope", "hope-attention", "srwm")
 TITANS_FAMILIES = FAMILIES[1:5]
 HOPE_FAMILIES = ("hope", "hope-attention")
 CMS_RULES = ("adamw", "sgd", "deep_momentum")
@@ -99,7 +99,8 @@ class ModelConfig:
     """Preset name this config came from (informational; shown in logs and saved beside checkpoints)."""
     family: str = "transformer"
     """Model family: ``transformer`` (Transformer++); ``titans-mac`` / ``titans-mag`` / ``titans-mal`` (Titans
-    memory as context / gate / layer, §4.1-4.3); ``titans-lmm`` (the Titans memory alone, §4.4)."""
+    memory as context / gate / layer, §4.1-4.3); ``titans-lmm`` (the Titans memory alone, §4.4); ``hope`` /
+    ``hope-attention`` (NL §3); ``srwm`` (the self-referential weight matrix in place of attention)."""
     vocab_size: int = 8192
     """Number of token ids the tokenizer can produce. Must be >= the tokenizer's vocab size."""
     padding_multiple: int = 64
@@ -199,6 +200,14 @@ class ModelConfig:
     """HOPE CMS: in-context objective: ``teach`` (the LM loss's gradient dL/dy, as in pretraining) or
     ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2); see hope/layers/cms.py."""
 
+    # -- SRWM (family srwm; Irie et al., ICML 2022; hope/layers/srwm.py) ------------------------------------------
+    srwm_chunk_size: int = 1
+    """srwm: tokens per self-modification. 1 is the paper's exact per-token recurrence; more reads every token of
+    a chunk at the weights it started with and sums the chunk's updates (an approximation, faster per token)."""
+    srwm_input_softmax: bool = False
+    """srwm: apply phi = softmax to each head's input x_t as well as to k_t and q_t (the paper's Eq. 2 as written;
+    off in the authors' code and here)."""
+
     def __post_init__(self) -> None:
         self.cms_levels = [
             CMSLevel.from_dict(level, f"model.cms_levels[{i}]") if isinstance(level, dict) else level
@@ -251,6 +260,22 @@ class ModelConfig:
             self._validate_titans()
         if self.family in HOPE_FAMILIES:
             self._validate_hope()
+        if self.family == "srwm":
+            self._validate_srwm()
+
+    def _validate_srwm(self) -> None:
+        if self.srwm_chunk_size < 1:
+            raise ValueError(f"model.srwm_chunk_size={self.srwm_chunk_size} must be >= 1 (1: the exact recurrence).")
+        if self.n_embd % self.n_head or self.head_dim not in (None, self.n_embd // self.n_head):
+            raise ValueError(
+                f"model.family='srwm' splits model.n_embd={self.n_embd} into model.n_head={self.n_head} heads with no "
+                f"input projection; make n_embd divisible by n_head and leave model.head_dim null."
+            )
+        if self.sliding_window is not None:
+            raise ValueError(
+                f"model.sliding_window={self.sliding_window} is not used by model.family='srwm' (it has no "
+                "attention); set model.sliding_window to null."
+            )
 
     @property
     def resolved_cms_hidden(self) -> list[int]:
