@@ -143,6 +143,19 @@ class EpisodeGenerator:
         """Accuracy of guessing: 1 / n_labels."""
         return 1 / self.config.n_labels
 
+    @property
+    def max_tokens(self) -> int:
+        """An upper bound on an episode's length: every prompt as long as the longest one can be."""
+        cfg = self.config
+        longest = lambda texts: max(len(self.tokenizer.encode(t, bos=False)) for t in texts)  # noqa: E731
+        if cfg.kind == "words":
+            prompt = longest(" " + w for w in _WORDS) + len(self.separator)
+        else:
+            prompt = 2 * longest(" " + w.capitalize() for w in _WORDS) + longest(_RELATIONS)
+        demo, query = prompt + 1 + len(self.newline), prompt + len(self.unknown) + len(self.newline)
+        n_queries = cfg.queries_per_task * cfg.n_tasks * (cfg.n_tasks + 1) // 2
+        return len(self.bos) + cfg.n_tasks * cfg.demos_per_task * demo + n_queries * query
+
     def _encode(self, text: str) -> list[int]:
         if text not in self._encoded:
             self._encoded[text] = self.tokenizer.encode(text, bos=False)
@@ -158,8 +171,9 @@ class EpisodeGenerator:
         else:
             first, last = rng.sample(_WORDS, n), rng.sample(_WORDS, n)
             relations = rng.sample(_RELATIONS, cfg.n_tasks)
+            name = lambda w: self._encode(" " + w.capitalize())  # noqa: E731
             prompts = [
-                self._encode(f" {a.capitalize()} {b.capitalize()}") + self._encode(relations[i // cfg.items_per_task])
+                name(a) + name(b) + self._encode(relations[i // cfg.items_per_task])
                 for i, (a, b) in enumerate(zip(first, last, strict=True))
             ]
         return [prompts[t * cfg.items_per_task : (t + 1) * cfg.items_per_task] for t in range(cfg.n_tasks)]
@@ -216,20 +230,18 @@ class EpisodeSet(Dataset):
         episode = self.generator.episode(index, self.split)
         pad = self.seq_len - len(episode.tokens)
         if pad < 0:
-            raise ValueError(
-                f"data.episodes makes episodes of up to {len(episode.tokens)} tokens ({self.split} episode {index}), "
-                f"more than data.seq_len={self.seq_len}. Fix: raise data.seq_len (and the model's max_seq_len), or "
-                "lower data.episodes.n_tasks, demos_per_task or queries_per_task."
-            )
+            self.check_lengths()  # (the bound is the longest possible episode, so this raises)
         return {
             "input_ids": torch.tensor(episode.tokens + [self.pad_id] * pad),
             "labels": torch.tensor(episode.labels + [-100] * pad),
         }
 
-    def check_lengths(self, n: int = 64) -> int:
-        """Build the first ``n`` episodes (raising if one does not fit ``seq_len``); the longest one's length."""
-        longest = 0
-        for index in range(min(n, self.n)):
-            longest = max(longest, len(self.generator.episode(index, self.split).tokens))
-            self[index]
-        return longest
+    def check_lengths(self) -> None:
+        """Raise now, not minutes into training, if an episode could be longer than ``seq_len``."""
+        bound = self.generator.max_tokens
+        if bound > self.seq_len:
+            raise ValueError(
+                f"data.episodes makes episodes of up to {bound} tokens, more than data.seq_len={self.seq_len}. Fix: "
+                "raise data.seq_len (and the model's max_seq_len), or lower data.episodes.n_tasks, demos_per_task "
+                "or queries_per_task."
+            )

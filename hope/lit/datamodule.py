@@ -160,8 +160,7 @@ class TextDataModule(L.LightningDataModule):
             generator = EpisodeGenerator(self.episodes, self.tokenizer)
             self.train_blocks = EpisodeSet(generator, "train", self.episodes.n_train, self.seq_len)
             self.val_blocks = EpisodeSet(generator, "val", self.episodes.n_val, self.seq_len)
-            for blocks in (self.train_blocks, self.val_blocks):
-                blocks.check_lengths()  # a clear error now, not minutes into training
+            self.train_blocks.check_lengths()
             return
         splits = {}
         for split, (source, field, fraction) in self._caches().items():

@@ -7,7 +7,7 @@ import torch
 from hope.ops.srwm import chunked, naive
 
 B, H, D = 2, 3, 4
-O = 3 * D + 4
+COLS = 3 * D + 4
 F64 = torch.float64
 
 
@@ -15,7 +15,7 @@ def inputs(T, seed=0, dtype=F64):
     """x [B, H, T, D] and W [B, H, D, 3D+4] at the authors' init scale, both requiring grad."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, H, T, D, dtype=dtype, generator=g)
-    W = torch.randn(B, H, D, O, dtype=dtype, generator=g) / D**0.5
+    W = torch.randn(B, H, D, COLS, dtype=dtype, generator=g) / D**0.5
     return x.requires_grad_(), W.requires_grad_()
 
 

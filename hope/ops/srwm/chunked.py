@@ -82,27 +82,27 @@ class _SRWM(torch.autograd.Function):
     @custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, x, W, chunk_size: int):
         B, H, T, D = x.shape
-        O = W.shape[-1]
+        n_cols = W.shape[-1]
         x = x.reshape(B * H, T, D)
-        W = W.reshape(B * H, D, O).clone()  # this op's own running weights, updated in place
+        W = W.reshape(B * H, D, n_cols).clone()  # this op's own running weights, updated in place
         R = _rate_columns(D, x)
         y = x.new_empty(B * H, T, D)
-        KQ, S, Delta = x.new_empty(B * H, T, 2, D), x.new_empty(B * H, T, 4), x.new_empty(B * H, T, O)
+        KQ, S, Delta = x.new_empty(B * H, T, 2, D), x.new_empty(B * H, T, 4), x.new_empty(B * H, T, n_cols)
         for start in range(0, T, chunk_size):
             c = slice(start, start + chunk_size)
             y[:, c], KQ[:, c], S[:, c], Delta[:, c] = _chunk_forward(x[:, c], W, R)
-        ctx.chunk_size, ctx.shapes = chunk_size, ((B, H, T, D), (B, H, D, O))
+        ctx.chunk_size, ctx.shapes = chunk_size, ((B, H, T, D), (B, H, D, n_cols))
         ctx.save_for_backward(x, W, KQ, S, Delta, R)
-        return y.view(B, H, T, D), W.view(B, H, D, O)
+        return y.view(B, H, T, D), W.view(B, H, D, n_cols)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     @custom_bwd(device_type="cuda")
     def backward(ctx, dy, dW):
         x, W, KQ, S, Delta, R = ctx.saved_tensors
-        (BH, T, D), O = x.shape, W.shape[-1]
+        (BH, T, D), n_cols = x.shape, W.shape[-1]
         W = W.clone()  # rebuilt backwards in place; the saved one is the caller's final state
-        dW = W.new_zeros(BH, D, O) if dW is None else dW.reshape(BH, D, O).clone()
+        dW = W.new_zeros(BH, D, n_cols) if dW is None else dW.reshape(BH, D, n_cols).clone()
         dy = x.new_zeros(BH, T, D) if dy is None else dy.reshape(BH, T, D)
         dx = torch.empty_like(x)
         for start in reversed(range(0, T, ctx.chunk_size)):
