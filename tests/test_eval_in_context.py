@@ -10,6 +10,7 @@ import torch
 
 from hope.cli import main
 from hope.data.episodes import EpisodeConfig, EpisodeGenerator
+from hope.evaluation import acl_compare
 from hope.evaluation.in_context import _episode_matrix, _summary, checkpoint_episodes
 from hope.tokenizer import Tokenizer
 
@@ -71,3 +72,22 @@ def test_meta_train_then_report(tmp_path):
     shutil.copy(ckpt, alone)
     with pytest.raises(ValueError, match="has no config.yaml with data.episodes beside it. Fix: pass the episodes"):
         main(["eval", "in-context-retention", "--checkpoint", str(alone), "--out_dir", str(out)])
+
+
+def test_comparison_table_averages_seeds(tmp_path):
+    """Two seeds of one model and objective: the table gives their mean and standard error, and the plot."""
+    for seed, kept in (("1", 0.5), ("2", 0.7)):
+        report = {
+            "chance": 0.25,
+            "matrix": [[0.9, None], [kept, 0.8]],
+            "matrix_stderr": [[0.01, None], [0.01, 0.01]],
+            "summary": {"average_accuracy": 0.7, "learning_accuracy": 0.85, "backward_transfer": kept - 0.9},
+            "summary_stderr": {"average_accuracy": 0.01, "learning_accuracy": 0.01, "backward_transfer": 0.01},
+        }
+        report["summary"]["forgetting"] = 0.9 - kept
+        (tmp_path / f"srwm-acl-{seed}" / "eval").mkdir(parents=True)
+        (tmp_path / f"srwm-acl-{seed}" / "eval" / "in_context.json").write_text(json.dumps(report))
+    acl_compare.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "acl_comparison.md").read_text()
+    assert "| srwm | acl | 2 | 0.900 ± 0.000 | 0.600 ± 0.100 | 0.700 ± 0.000 | -0.300 ± 0.100 |" in table
+    assert (tmp_path / "out" / "acl_comparison.png").stat().st_size > 0

@@ -3,9 +3,11 @@ Algorithms", the ACL objective): sequences of tasks learned in context, scored o
 
 An episode is one token sequence ``[bos] demos_1 queries_1 demos_2 queries_2 ... demos_T queries_T``:
 
-- Task i is a fresh random mapping from ``items_per_task`` inputs to ``n_labels`` labels. ``kind="words"``:
-  made-up words to capital letters (`` kobi = C``); ``kind="facts"``: made-up people to objects under a relation
-  drawn for the task (`` Rusa Temo owns a key``). Every label is one token, so an answer is one prediction.
+- Task i is a fresh random mapping from ``items_per_task`` inputs to ``n_labels`` labels. ``kind="words"``: words
+  to capital letters (`` range = C``), the words drawn from the tokenizer's one-token lowercase words, so that a
+  key is one token (associative recall); ``kind="facts"``: made-up people (two made-up names, several tokens) to
+  objects under a relation drawn for the task (`` Rusa Temo owns a key``), a harder key. Every label is one
+  token, so an answer is one prediction.
 - ``demos_i``: ``demos_per_task`` demonstrations of task i, each item at least once, in random order.
 - ``queries_i``: ``queries_per_task`` questions on each task j <= i, shuffled together (`` kobi = ?``). The answer
   is the label of the position before ``?``; the input there is ``?``, never the answer, so a query teaches the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,7 +38,7 @@ from torch.utils.data import Dataset
 from hope.tokenizer import Tokenizer
 
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
-_WORDS = ["".join(pair) for pair in itertools.product(_SYLLABLES, repeat=2)]  # 4900 made-up words
+_NAMES = ["".join(pair) for pair in itertools.product(_SYLLABLES, repeat=2)]  # 4900 made-up names
 _LETTERS = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _OBJECTS = ["key", "map", "box", "star", "shell", "file", "tree", "table", "window", "field", "list", "node", "word"]
 _RELATIONS = [" owns a", " keeps a", " found a", " drew a", " lost a", " sold a", " wants a", " hid a"]
@@ -48,7 +51,8 @@ class EpisodeConfig:
     """Options of the in-context continual-learning episodes (``data.episodes.*``; module docstring)."""
 
     kind: str = "words"
-    """``words`` (made-up words -> capital letters) or ``facts`` (made-up people -> objects, one relation per task)."""
+    """``words`` (one-token words -> capital letters) or ``facts`` (made-up people -> objects, one relation per
+    task)."""
     n_tasks: int = 3
     """Tasks T per episode, shown one after the other."""
     items_per_task: int = 4
@@ -98,6 +102,12 @@ class EpisodeConfig:
             raise ValueError(f"{where}.n_tasks={self.n_tasks}: kind='facts' has {len(_RELATIONS)} relations.")
 
 
+def _one_token_words(tokenizer: Tokenizer) -> list[int]:
+    """Ids of the tokenizer's pieces that are a whole lowercase word of 3 to 8 letters after a space (``▁range``)."""
+    sp = tokenizer.processor
+    return [i for i in range(sp.get_piece_size()) if re.fullmatch("\u2581[a-z]{3,8}", sp.id_to_piece(i))]
+
+
 class Query(NamedTuple):
     """One question of an episode: the answer is predicted at ``position`` (``labels[position]`` when scored)."""
 
@@ -132,6 +142,12 @@ class EpisodeGenerator:
                 f"are one token in {tokenizer.path.name} ({single}). Lower n_labels."
             )
         self.label_words = single[: config.n_labels]
+        self.words = _one_token_words(tokenizer) if config.kind == "words" else []
+        if config.kind == "words" and len(self.words) < config.n_tasks * config.items_per_task:
+            raise ValueError(
+                f"{tokenizer.path.name} has {len(self.words)} one-token lowercase words, fewer than data.episodes."
+                f"n_tasks * items_per_task = {config.n_tasks * config.items_per_task}. Lower one of them."
+            )
         self.label_ids = [tokenizer.encode(" " + w, bos=False)[0] for w in self.label_words]
         self.separator = tokenizer.encode(" =", bos=False)
         self.unknown, self.newline = tokenizer.encode(" ?", bos=False), tokenizer.encode("\n", bos=False)
@@ -147,11 +163,11 @@ class EpisodeGenerator:
     def max_tokens(self) -> int:
         """An upper bound on an episode's length: every prompt as long as the longest one can be."""
         cfg = self.config
-        longest = lambda texts: max(len(self.tokenizer.encode(t, bos=False)) for t in texts)  # noqa: E731
+        longest = lambda texts: max(len(self.tokenizer.encode(t, bos=False)) for t in texts)
         if cfg.kind == "words":
-            prompt = longest(" " + w for w in _WORDS) + len(self.separator)
+            prompt = 1 + len(self.separator)
         else:
-            prompt = 2 * longest(" " + w.capitalize() for w in _WORDS) + longest(_RELATIONS)
+            prompt = 2 * longest(" " + w.capitalize() for w in _NAMES) + longest(_RELATIONS)
         demo, query = prompt + 1 + len(self.newline), prompt + len(self.unknown) + len(self.newline)
         n_queries = cfg.queries_per_task * cfg.n_tasks * (cfg.n_tasks + 1) // 2
         return len(self.bos) + cfg.n_tasks * cfg.demos_per_task * demo + n_queries * query
@@ -166,12 +182,11 @@ class EpisodeGenerator:
         cfg = self.config
         n = cfg.n_tasks * cfg.items_per_task
         if cfg.kind == "words":
-            words = rng.sample(_WORDS, n)
-            prompts = [self._encode(" " + w) + self.separator for w in words]
+            prompts = [[w] + self.separator for w in rng.sample(self.words, n)]
         else:
-            first, last = rng.sample(_WORDS, n), rng.sample(_WORDS, n)
+            first, last = rng.sample(_NAMES, n), rng.sample(_NAMES, n)
             relations = rng.sample(_RELATIONS, cfg.n_tasks)
-            name = lambda w: self._encode(" " + w.capitalize())  # noqa: E731
+            name = lambda w: self._encode(" " + w.capitalize())
             prompts = [
                 name(a) + name(b) + self._encode(relations[i // cfg.items_per_task])
                 for i, (a, b) in enumerate(zip(first, last, strict=True))

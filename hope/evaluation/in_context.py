@@ -105,7 +105,7 @@ def evaluate_in_context(
     stderr = stack.std(0, ddof=1) / np.sqrt(len(stack)) if len(stack) > 1 else np.zeros_like(R)
     scores = np.array([[_summary(m)[k] for k in LINEAR] for m in stack])
     summary_stderr = scores.std(0, ddof=1) / np.sqrt(len(scores)) if len(scores) > 1 else np.zeros(len(LINEAR))
-    as_list = lambda M: [[None if np.isnan(v) else float(v) for v in row] for row in M]  # noqa: E731
+    as_list = lambda M: [[None if np.isnan(v) else float(v) for v in row] for row in M]
     return {
         "episodes": dataclasses.asdict(config),
         "split": "test",
