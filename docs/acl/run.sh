@@ -16,7 +16,7 @@ declare -A ARGS=(
   [srwm]="--model.preset srwm-debug"
   [titans-lmm]="--model.preset titans-lmm-debug"
   [hope]="--model.preset hope-debug"
-  [transformer-window]='--model.preset debug --model.overrides {"sliding_window":64}'  # < the 145-token episodes
+  [transformer-window]='--model.preset debug --model.overrides {"sliding_window":32}'  # < the 109-token episodes
 )
 for seed in $SEEDS; do
   for model in "${MODELS[@]}"; do

@@ -4,12 +4,12 @@ Algorithms", the ACL objective): sequences of tasks learned in context, scored o
 An episode is one token sequence ``[bos] demos_1 queries_1 demos_2 queries_2 ... demos_T queries_T``:
 
 - Task i is a fresh random mapping from ``items_per_task`` inputs to ``n_labels`` labels. ``kind="words"``: words
-  to capital letters (`` range = C``), the words drawn from the tokenizer's one-token lowercase words, so that a
-  key is one token (associative recall); ``kind="facts"``: made-up people (two made-up names, several tokens) to
-  objects under a relation drawn for the task (`` Rusa Temo owns a key``), a harder key. Every label is one
-  token, so an answer is one prediction.
+  to capital letters (`` range C``), the words drawn from the tokenizer's one-token lowercase words, so that a
+  key is one token and its label the next one (associative recall); ``kind="facts"``: made-up people (two
+  made-up names, several tokens) to objects under a relation drawn for the task (`` Rusa Temo owns a key``), a
+  harder key. Every label is one token, so an answer is one prediction.
 - ``demos_i``: ``demos_per_task`` demonstrations of task i, each item at least once, in random order.
-- ``queries_i``: ``queries_per_task`` questions on each task j <= i, shuffled together (`` kobi = ?``). The answer
+- ``queries_i``: ``queries_per_task`` questions on each task j <= i, shuffled together (`` range ?``). The answer
   is the label of the position before ``?``; the input there is ``?``, never the answer, so a query teaches the
   model nothing: later queries on task j measure what the state kept of demos_j, not of earlier queries.
 - Labels (the loss) are -100 everywhere except at query answers. ``objective="acl"`` scores every query: at step i,
@@ -149,7 +149,6 @@ class EpisodeGenerator:
                 f"n_tasks * items_per_task = {config.n_tasks * config.items_per_task}. Lower one of them."
             )
         self.label_ids = [tokenizer.encode(" " + w, bos=False)[0] for w in self.label_words]
-        self.separator = tokenizer.encode(" =", bos=False)
         self.unknown, self.newline = tokenizer.encode(" ?", bos=False), tokenizer.encode("\n", bos=False)
         self.bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
         self._encoded: dict[str, list[int]] = {}
@@ -164,10 +163,8 @@ class EpisodeGenerator:
         """An upper bound on an episode's length: every prompt as long as the longest one can be."""
         cfg = self.config
         longest = lambda texts: max(len(self.tokenizer.encode(t, bos=False)) for t in texts)
-        if cfg.kind == "words":
-            prompt = 1 + len(self.separator)
-        else:
-            prompt = 2 * longest(" " + w.capitalize() for w in _NAMES) + longest(_RELATIONS)
+        names = 2 * longest(" " + w.capitalize() for w in _NAMES) if cfg.kind == "facts" else 0
+        prompt = 1 if cfg.kind == "words" else names + longest(_RELATIONS)
         demo, query = prompt + 1 + len(self.newline), prompt + len(self.unknown) + len(self.newline)
         n_queries = cfg.queries_per_task * cfg.n_tasks * (cfg.n_tasks + 1) // 2
         return len(self.bos) + cfg.n_tasks * cfg.demos_per_task * demo + n_queries * query
@@ -178,11 +175,11 @@ class EpisodeGenerator:
         return self._encoded[text]
 
     def _prompts(self, rng: random.Random) -> list[list[list[int]]]:
-        """Per task, per item: the tokens before the answer (`` kobi =`` or `` Rusa Temo owns a``)."""
+        """Per task, per item: the tokens before the answer (`` range`` or `` Rusa Temo owns a``)."""
         cfg = self.config
         n = cfg.n_tasks * cfg.items_per_task
         if cfg.kind == "words":
-            prompts = [[w] + self.separator for w in rng.sample(self.words, n)]
+            prompts = [[w] for w in rng.sample(self.words, n)]
         else:
             first, last = rng.sample(_NAMES, n), rng.sample(_NAMES, n)
             relations = rng.sample(_RELATIONS, cfg.n_tasks)
