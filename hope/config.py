@@ -204,6 +204,9 @@ class ModelConfig:
     srwm_chunk_size: int = 1
     """srwm: tokens per self-modification. 1 is the paper's exact per-token recurrence; more reads every token of
     a chunk at the weights it started with and sums the chunk's updates (an approximation, faster per token)."""
+    srwm_conv_kernel: int = 4
+    """srwm: kernel of a causal depthwise convolution on the SRWM's input, so that a token's key and query can
+    depend on the tokens just before it (ours, not the paper's; see hope/layers/srwm.py). 0: none."""
     srwm_input_softmax: bool = False
     """srwm: apply phi = softmax to each head's input x_t as well as to k_t and q_t (the paper's Eq. 2 as written;
     off in the authors' code and here)."""
@@ -266,6 +269,8 @@ class ModelConfig:
     def _validate_srwm(self) -> None:
         if self.srwm_chunk_size < 1:
             raise ValueError(f"model.srwm_chunk_size={self.srwm_chunk_size} must be >= 1 (1: the exact recurrence).")
+        if self.srwm_conv_kernel < 0:
+            raise ValueError(f"model.srwm_conv_kernel={self.srwm_conv_kernel} must be >= 0 (0: no convolution).")
         if self.n_embd % self.n_head or self.head_dim not in (None, self.n_embd // self.n_head):
             raise ValueError(
                 f"model.family='srwm' splits model.n_embd={self.n_embd} into model.n_head={self.n_head} heads with no "

@@ -49,7 +49,7 @@ def test_layer_fast_op_equals_reference(chunk_size, input_softmax):
 
 def test_the_matrix_modifies_itself():
     """The output depends on the earlier tokens through W_t (not only on the current token, as at W_0)."""
-    layer = SelfReferentialWeightMatrix(16, 2).double()
+    layer = SelfReferentialWeightMatrix(16, 2, conv_kernel=0).double()  # no other path between tokens
     x = torch.randn(1, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     y_seq, state = layer(x)
     y_alone, _ = layer(x[:, -1:])
@@ -57,11 +57,11 @@ def test_the_matrix_modifies_itself():
     assert (state.weights - layer.weights).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("chunk_size", [1, 4])
+@pytest.mark.parametrize(("chunk_size", "conv"), [(1, 4), (4, 4), (1, 0)])
 @pytest.mark.parametrize("splits", [[8], [5, 13], list(range(1, T))], ids=["one-split", "ragged", "token-by-token"])
-def test_streaming_equals_one_call(chunk_size, splits):
+def test_streaming_equals_one_call(chunk_size, conv, splits):
     """Logits and the final state are the same for one call and for calls that carry the state (mid-chunk too)."""
-    model, idx = srwm_model(chunk_size), tokens(T)
+    model, idx = srwm_model(chunk_size, srwm_conv_kernel=conv), tokens(T)
     logits, state = model(idx)
     logits_s, state_s = stream(model, idx, splits)
     torch.testing.assert_close(logits_s, logits, rtol=1e-10, atol=1e-12)
@@ -99,6 +99,7 @@ def test_init_follows_the_authors():
     ("overrides", "message"),
     [
         ({"srwm_chunk_size": 0}, "model.srwm_chunk_size=0 must be >= 1"),
+        ({"srwm_conv_kernel": -1}, "model.srwm_conv_kernel=-1 must be >= 0"),
         ({"sliding_window": 8}, "model.sliding_window=8 is not used by model.family='srwm'"),
         ({"head_dim": 4}, "leave model.head_dim null"),
     ],
