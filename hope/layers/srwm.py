@@ -8,9 +8,8 @@ The token mixer (``SelfReferentialWeightMatrix``) is the paper's multi-head SRWM
    own projection, as in IDSIA/modern-srwm's ``SRWMlayer``). The convolution is ours, not the paper's: the paper
    feeds an input and its label in one step, while in text a label is the token after its input, and the matrix
    sees one token at a time, so without it a token's key cannot depend on the token before (the Titans memory and
-   HOPE's self-modifying Titans have the same convolution, ``memory_conv_kernel``). With it, a debug model
-   meta-trained on ``hope.data.episodes`` learned to recall in context within a few hundred steps; without it,
-   not at all in 300 (docs/acl/README.md). ``srwm_conv_kernel: 0`` is the paper's layer.
+   HOPE's self-modifying Titans have the same convolution, ``memory_conv_kernel``). docs/acl/README.md measures
+   what it does for in-context learning. ``srwm_conv_kernel: 0`` is the paper's layer.
 2. phi: every head's matrix W_t [D, 3D+4] (row form, ``hope.ops.srwm.naive`` has the math) reads phi(k_t) and
    phi(q_t) with phi = softmax over the head dim, as in the paper's Eqs. 2-4. Softmax keys are positive and sum to
    one, so each update writes a convex mix of the matrix's own rows, with no key normalisation to add; that is
