@@ -21,7 +21,7 @@ from hope.ops.titans import KERNELS as MEMORY_KERNELS
 from hope.presets import PRESETS
 
 ATTN_BACKENDS = ("auto", "sdpa", "flash", "naive")
-FAMILIES = ("transformer", "titans-mac", "titans-mag", "titans-mal", "titans-lmm", "hope", "hope-attention")
+FAMILIES = ("transformer", "titans-mac", "titans-mag", "titans-mal", "titans-lmm", "hope", "hope-attention", "srwm")
 TITANS_FAMILIES = FAMILIES[1:5]
 HOPE_FAMILIES = ("hope", "hope-attention")
 CMS_RULES = ("adamw", "sgd", "deep_momentum")
@@ -101,7 +101,8 @@ class ModelConfig:
     """Preset name this config came from (informational; shown in logs and saved beside checkpoints)."""
     family: str = "transformer"
     """Model family: ``transformer`` (Transformer++); ``titans-mac`` / ``titans-mag`` / ``titans-mal`` (Titans
-    memory as context / gate / layer, §4.1-4.3); ``titans-lmm`` (the Titans memory alone, §4.4)."""
+    memory as context / gate / layer, §4.1-4.3); ``titans-lmm`` (the Titans memory alone, §4.4); ``hope`` /
+    ``hope-attention`` (NL §3); ``srwm`` (the self-referential weight matrix in place of attention)."""
     vocab_size: int = 8192
     """Number of token ids the tokenizer can produce. Must be >= the tokenizer's vocab size."""
     padding_multiple: int = 64
@@ -222,6 +223,17 @@ class ModelConfig:
     steps every ``tokens_per_update`` tokens of each sequence on the layer-local objective, and the outer loss trains
     the stored weights through those steps (hope/ops/cms). Needs ``cms_objective: reconstruction``."""
 
+    # -- SRWM (family srwm; Irie et al., ICML 2022; hope/layers/srwm.py) ------------------------------------------
+    srwm_chunk_size: int = 1
+    """srwm: tokens per self-modification. 1 is the paper's exact per-token recurrence; more reads every token of
+    a chunk at the weights it started with and sums the chunk's updates (an approximation, faster per token)."""
+    srwm_conv_kernel: int = 4
+    """srwm: kernel of a causal depthwise convolution on the SRWM's input, so that a token's key and query can
+    depend on the tokens just before it (ours, not the paper's; see hope/layers/srwm.py). 0: none."""
+    srwm_input_softmax: bool = False
+    """srwm: apply phi = softmax to each head's input x_t as well as to k_t and q_t (the paper's Eq. 2 as written;
+    off in the authors' code and here)."""
+
     def __post_init__(self) -> None:
         self.cms_levels = [
             CMSLevel.from_dict(level, f"model.cms_levels[{i}]") if isinstance(level, dict) else level
@@ -294,6 +306,24 @@ class ModelConfig:
             self._validate_titans()
         if self.family in HOPE_FAMILIES:
             self._validate_hope()
+        if self.family == "srwm":
+            self._validate_srwm()
+
+    def _validate_srwm(self) -> None:
+        if self.srwm_chunk_size < 1:
+            raise ValueError(f"model.srwm_chunk_size={self.srwm_chunk_size} must be >= 1 (1: the exact recurrence).")
+        if self.srwm_conv_kernel < 0:
+            raise ValueError(f"model.srwm_conv_kernel={self.srwm_conv_kernel} must be >= 0 (0: no convolution).")
+        if self.n_embd % self.n_head or self.head_dim not in (None, self.n_embd // self.n_head):
+            raise ValueError(
+                f"model.family='srwm' splits model.n_embd={self.n_embd} into model.n_head={self.n_head} heads with no "
+                f"input projection; make n_embd divisible by n_head and leave model.head_dim null."
+            )
+        if self.sliding_window is not None:
+            raise ValueError(
+                f"model.sliding_window={self.sliding_window} is not used by model.family='srwm' (it has no "
+                "attention); set model.sliding_window to null."
+            )
 
     @property
     def resolved_cms_hidden(self) -> list[int]:

@@ -21,6 +21,7 @@ from hope.layers.attention import CausalSelfAttention
 from hope.layers.hope_block import HopeAttentionBlock, HopeBlock
 from hope.layers.mlp import SwiGLU
 from hope.layers.norm import RMSNorm
+from hope.layers.srwm import SRWMBlock
 from hope.layers.titans import LMMBlock, MACBlock, MAGBlock, MALBlock
 
 
@@ -51,6 +52,7 @@ BLOCKS: dict[str, type[nn.Module]] = {
     "titans-lmm": LMMBlock,
     "hope": HopeBlock,
     "hope-attention": HopeAttentionBlock,
+    "srwm": SRWMBlock,
 }
 
 

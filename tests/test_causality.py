@@ -11,6 +11,7 @@ from hope.model import HopeLM
 from hope.ttl import TestTimeLearner
 from tests.test_hope_model import small_model
 from tests.test_model import tiny as tiny_transformer
+from tests.test_srwm import srwm_model
 from tests.test_titans_models import build
 
 T = 21
@@ -35,6 +36,8 @@ MODELS: dict[str, Callable[[], HopeLM]] = {
     "hope": lambda: small_model("hope"),
     "hope-attention": lambda: small_model("hope-attention"),
     "hope-attention-window": lambda: small_model("hope-attention", sliding_window=5),
+    "srwm": srwm_model,
+    "srwm-chunked": lambda: srwm_model(chunk_size=4),
 }
 STREAMING = [name for name in MODELS if not name.startswith("transformer")]  # Transformer++ keeps no state
 HOPE = [name for name in MODELS if name.startswith("hope")]

@@ -6,6 +6,7 @@
     hope eval retention  --checkpoint ... --suite SyntheticFacts --method EpochFinetune --out_dir runs/eval/facts
     hope eval retention  --checkpoint ... --suite LocalDomains --suite.paths '[a/, b/]' --method TestTimeLearning
     hope eval recall     --checkpoint ... --lengths '[512, 1024, 2048]' --out_dir runs/eval/recall
+    hope eval in-context-retention --checkpoint ... --out_dir runs/eval/in-context   # models meta-trained on episodes
     hope eval lm-eval    --model hope --model_args checkpoint=... --tasks wikitext     # lm_eval's own arguments
 
 Each subcommand is a function below; its docstring is its ``--help`` (jsonargparse, as litgpt's CLI). A bare
@@ -29,6 +30,7 @@ from hope.continual.method import ContinualMethod
 from hope.continual.methods import EpochFinetune  # and every method, so --method takes their class names
 from hope.data.documents import load_documents, resolve_split
 from hope.dynamic import DynamicConfig
+from hope.evaluation.in_context import in_context_retention
 from hope.evaluation.loading import load_for_eval
 from hope.evaluation.perplexity import evaluate_perplexity
 from hope.evaluation.plots import draw_perplexity_by_position, draw_recall, save_figure
@@ -303,7 +305,8 @@ def lm_eval(argv: Sequence[str]) -> None:
     run_lm_eval(list(argv))
 
 
-DESCRIPTION = """Evaluate hope checkpoints. Subcommands: perplexity, retention, recall (below), and
+DESCRIPTION = """Evaluate hope checkpoints. Subcommands: perplexity, retention, recall, in_context_retention
+(also spelled in-context-retention; below), and
 lm-eval: lm-evaluation-harness's own arguments with the `hope` model registered
 (hope eval lm-eval --model hope --model_args checkpoint=PATH --tasks TASKS)."""
 
@@ -324,5 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args and args[0] in ("lm-eval", "lm_eval"):
         lm_eval(args[1:])
         return
+    if args and args[0] == "in-context-retention":
+        args[0] = "in_context_retention"
     set_docstring_parse_options(attribute_docstrings=True)  # --ttl.help, --dynamic.help show the fields' docstrings
-    CLI([perplexity, retention, recall], args=bare_flags(args), description=DESCRIPTION, prog="hope eval")
+    commands = [perplexity, retention, recall, in_context_retention]
+    CLI(commands, args=bare_flags(args), description=DESCRIPTION, prog="hope eval")

@@ -7,8 +7,13 @@ has consumed (``consumed_batches``), advanced by ``DataPositionCallback`` and sa
 
 The train DataLoader has no length: bound training with ``max_steps`` and run validation every
 ``val_check_interval`` steps (an int).
+
+With ``episodes`` set, the blocks are in-context continual-learning episodes (``hope.data.episodes``) instead of
+text: generated on demand, padded to ``seq_len``, labelled only at query answers; the sampler and the data
+position work the same way.
 """
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from hope.data.cache import build_cache, load_cache
+from hope.data.episodes import EpisodeConfig, EpisodeGenerator, EpisodeSet
 from hope.data.packing import PackedBlocks, collate_blocks, num_blocks
 from hope.data.sampler import InfiniteBlockSampler
 from hope.data.sources import source_kind
@@ -46,6 +52,8 @@ class TextDataModule(L.LightningDataModule):
         shuffle: shuffle the training blocks each epoch (``False``: in order, useful for debugging).
         encoding: codec of local text/JSON files, e.g. ``latin-1`` or ``utf-16-le`` (``None``: UTF-8, or what a
             byte-order mark says; a file that is neither is an error naming it, see ``hope.data.encoding``).
+        episodes: train and validate on in-context continual-learning episodes (``hope.data.episodes``, e.g.
+            ``--data.episodes.n_tasks 3 --data.episodes.objective acl``) instead of text; ``source`` is not read.
     """
 
     def __init__(
@@ -66,9 +74,13 @@ class TextDataModule(L.LightningDataModule):
         max_tokens: int | None = None,
         shuffle: bool = True,
         encoding: str | None = None,
+        episodes: EpisodeConfig | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["episodes"])
+        self.episodes = episodes
+        if episodes is not None:  # plain types in checkpoints (LightningCLI reads them with weights_only=True)
+            self.hparams["episodes"] = dataclasses.asdict(episodes)
         for name, value, minimum in [
             ("seq_len", seq_len, 1),
             ("batch_size", batch_size, 1),
@@ -139,12 +151,20 @@ class TextDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Tokenize and cache the sources (Lightning runs this on one process per node)."""
+        if self.episodes is not None:
+            return  # generated on demand
         for source, field, fraction in set(self._caches().values()):
             self._build(source, field, fraction)
 
     def setup(self, stage: str | None = None) -> None:
         """Memory-map the cached splits (building them if ``prepare_data`` did not run) and check their size."""
         if self.train_blocks is not None:
+            return
+        if self.episodes is not None:
+            generator = EpisodeGenerator(self.episodes, self.tokenizer)
+            self.train_blocks = EpisodeSet(generator, "train", self.episodes.n_train, self.seq_len)
+            self.val_blocks = EpisodeSet(generator, "val", self.episodes.n_val, self.seq_len)
+            self.train_blocks.check_lengths()
             return
         splits = {}
         for split, (source, field, fraction) in self._caches().items():
@@ -219,7 +239,7 @@ class TextDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=collate_blocks,
+            collate_fn=collate_blocks if self.episodes is None else None,  # episodes come labelled
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -247,7 +267,9 @@ class TextDataModule(L.LightningDataModule):
             "batch_size": self.batch_size,
             "world_size": self._dist()[0],
         }
-        if self.train_blocks is not None:
+        if self.episodes is not None:
+            settings["episodes"] = dataclasses.asdict(self.episodes)
+        elif self.train_blocks is not None:
             settings["train_tokens"] = self.num_train_tokens
         return settings
 
