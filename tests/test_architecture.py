@@ -24,7 +24,7 @@ PACKAGE = ROOT / "hope"
 
 LAYERS = [
     ("ops", ("hope.ops",)),
-    ("config", ("hope.config", "hope.presets")),
+    ("config", ("hope.config", "hope.cms_config", "hope.presets")),
     ("layers", ("hope.layers",)),
     ("model", ("hope.model", "hope.loss")),
     (
