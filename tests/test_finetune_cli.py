@@ -130,6 +130,15 @@ METHODS = {
         "--model.optim.lr",
         "2.0",
     ],
+    "compose": [
+        "--method",
+        "hope.continual.methods.Compose",
+        "--method.parts",
+        '[{"class_path": "LoRA", "init_args": {"rank": 2}}, {"class_path": "EWC", "init_args": {"fisher_source": '
+        '"{corpus}", "fisher_blocks": 2}}, "LayerwiseLRDecay"]',
+        "--model.save_weights",
+        "trainable",
+    ],
     "cms": [
         "--model.preset",
         "hope-debug",
@@ -172,6 +181,13 @@ def test_finetune_runs_each_method(name, tmp_path, corpus, request):
     if name == "smf":  # every pretrained weight untouched (block 1's MLP became a memory); the background stored
         assert state["blocks.1.mlp.background_batches"] == 2 and "blocks.1.mlp.values.weight" in state
         assert all(torch.equal(state[k], v) for k, v in base.items() if not k.startswith("blocks.1.mlp."))
+    if name == "compose":  # LoRA + EWC + LLRD: EWC's Fisher over the adapters; the model loads back through LoRA's
+        assert set(state) == {k for k in state if ".lora_" in k} and len(state) == 20
+        assert set(ckpt["finetune"]["method_state"]["parts"][1]["fisher"]) == set(state)
+        assert ckpt["finetune"]["structure"]["lora"]["rank"] == 2
+        lrs = sorted({g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"]}, reverse=True)
+        assert len(lrs) == 2 and lrs[1] < lrs[0]  # two blocks, two decayed lrs
+        assert set(load_finetuned(tmp_path / "checkpoints" / "last.ckpt").state_dict()) == set(base)
     if name == "cms":  # only level 0 of the CMS moved, under the LevelOptimizer (period 1 for level 0)
         moved = {k for k, v in base.items() if not torch.equal(state[k], v)}
         assert moved and all(".cms.levels.0." in k for k in moved)

@@ -59,6 +59,11 @@ class TaskLoop:
     """Order of the texts in each epoch."""
 
 
+def overrides(method: FinetuneMethod, hook: str) -> bool:
+    """Whether ``method``'s class defines ``hook`` itself rather than inheriting ``FinetuneMethod``'s no-op."""
+    return getattr(type(method), hook) is not getattr(FinetuneMethod, hook)
+
+
 def step_loss(method: FinetuneMethod, model: nn.Module, batch: dict[str, torch.Tensor]):
     """``(loss to backpropagate, next-token loss, penalty or None)`` of one batch."""
     logits, _ = model(batch["input_ids"])
@@ -105,10 +110,13 @@ class FinetuneMethod(ContinualMethod):
         left out) under ``cfg``'s warmup/cosine. HOPE families keep their Nested-Learning outer loop (one
         ``LevelOptimizer``, as in ``hope fit``), unless the method brings its own optimizer (SMF's SGD)."""
         groups = param_groups(model, cfg.lr, cfg.weight_decay, self.lr_scales(model), group_lr)
-        own_optimizer = type(self).make_optimizer is not FinetuneMethod.make_optimizer
-        if model.config.family in HOPE_FAMILIES and not own_optimizer:
+        if model.config.family in HOPE_FAMILIES and not self.brings_optimizer():
             return {"optimizer": finetune_level_optimizer(model, groups, cfg, total_steps)}
         return warmup_cosine(self.make_optimizer(groups, cfg.betas, cfg.eps), cfg, total_steps)
+
+    def brings_optimizer(self) -> bool:
+        """Whether the method replaces AdamW (overrides ``make_optimizer``; SMF's SGD)."""
+        return overrides(self, "make_optimizer")
 
     def structure(self) -> dict:
         """What ``load_finetuned`` needs to rebuild the model's structure without the method (LoRA: its modules)."""

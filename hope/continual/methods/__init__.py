@@ -1,10 +1,11 @@
 """Continual-learning methods, one per file. ``InContext`` learns nothing (the test-time-learning baseline);
 ``TestTimeLearning`` and ``DynamicEvaluation`` (``online.py``) learn a task by reading it; every other method is a
 ``hope.continual.finetune.FinetuneMethod``, which runs in ``hope finetune`` (``method:``) and in the retention harness
-(``hope eval retention --method NAME``)."""
+(``hope eval retention --method NAME``); ``Compose`` combines several of them into one."""
 
 from hope.continual.finetune import FinetuneMethod, TaskLoop
 from hope.continual.methods.cms_levels import CMSLevels
+from hope.continual.methods.compose import Compose
 from hope.continual.methods.ewc import EWC
 from hope.continual.methods.full import EpochFinetune, FullFinetune
 from hope.continual.methods.gradual_unfreezing import GradualUnfreezing
@@ -17,6 +18,7 @@ from hope.continual.methods.sparse_memory import SparseMemoryFinetune
 
 __all__ = [
     "CMSLevels",
+    "Compose",
     "DynamicEvaluation",
     "EWC",
     "EpochFinetune",
