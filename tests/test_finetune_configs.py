@@ -4,7 +4,7 @@ valid (without building the model or reading its checkpoint)."""
 from pathlib import Path
 
 import pytest
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 
 from hope.config import ModelConfig
 from hope.continual.methods import FinetuneMethod
@@ -33,7 +33,7 @@ def test_finetune_yaml_validates(path):
     if config.model.memory_layers is not None:
         memory = config.model.memory_layers
         MemoryLayerConfig(**(vars(memory) if isinstance(memory, Namespace) else memory))
-    module, _, name = config.method.class_path.rpartition(".")
-    cls = getattr(__import__(module, fromlist=[name]), name)
-    assert issubclass(cls, FinetuneMethod)
-    cls(**{k: v for k, v in vars(config.method.get("init_args") or Namespace()).items()})
+    parser = ArgumentParser()  # the method alone, built as the CLI builds it (Compose: its parts too)
+    parser.add_argument("--method", type=FinetuneMethod)
+    method = parser.instantiate(parser.parse_object({"method": config.method.as_dict()})).method
+    assert isinstance(method, FinetuneMethod)

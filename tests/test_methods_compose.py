@@ -6,19 +6,11 @@ import torch
 
 from hope.continual.finetune import step_loss
 from hope.continual.method import Task
-from hope.continual.methods import (
-    EWC,
-    CMSLevels,
-    Compose,
-    FullFinetune,
-    GradualUnfreezing,
-    InContext,
-    LayerwiseLRDecay,
-    LoRA,
-    Replay,
-    SparseMemoryFinetune,
-    TaskLoop,
-)
+from hope.continual.methods import EWC, CMSLevels, Compose, FullFinetune, GradualUnfreezing, InContext, TaskLoop
+from hope.continual.methods.llrd import LayerwiseLRDecay
+from hope.continual.methods.lora import LoRA
+from hope.continual.methods.replay import Replay
+from hope.continual.methods.sparse_memory import SparseMemoryFinetune
 from hope.continual.params import configure_trainable, param_groups
 from hope.evaluation.retention import SyntheticFacts, run_retention
 from hope.layers.memory_layer import MemoryLayerConfig, swap_mlp_for_memory

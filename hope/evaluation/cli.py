@@ -176,7 +176,8 @@ def retention(
             reading the text; ``--method.ttl.inner_lr``, ``--method.ttl.consolidate true``,
             ``--method.ttl.max_change``), ``DynamicEvaluation`` (any family; ``--method.dynamic.lr``,
             ``--method.max_change``), any ``hope.continual.methods`` class by name (``FullFinetune``, ``LoRA``,
-            ``EWC``, ``Replay``, ``CMSLevels``, ``SparseMemoryFinetune``, ...; options ``--method.loop.lr`` ...), or
+            ``EWC``, ``Replay``, ``CMSLevels``, ``SparseMemoryFinetune``, ...; options ``--method.loop.lr`` ...),
+            several of them combined (``Compose``: ``--method.parts '[LoRA, Replay, LayerwiseLRDecay]'``), or
             any ``ContinualMethod`` subclass by import path.
         tokenizer: sentencepiece ``.model``; default: the checkpoint's, else the default tokenizer.
         general_tokens: tokens of the default corpus's validation split scored as the general metric

@@ -5,32 +5,31 @@ At step s (counted per task in the retention harness, the global step in ``hope 
 ``d >= n_layer + 1 − s // unfreeze_every`` train (depths as in ``hope.continual.params.depth``: head and final norm
 first, then block n_layer − 1, ..., block 0, the embedding last). Frozen layers still take part in backward, but
 their gradients are dropped before clipping and the step, so AdamW leaves them (and their weight decay) alone;
-parameter trainability itself stays fixed, which keeps resume and DeepSpeed simple. Combine with layer-wise lr
-decay through ``decay`` (ULMFiT: 1/2.6), as ULMFiT does.
+parameter trainability itself stays fixed, which keeps resume and DeepSpeed simple. ULMFiT also decays the lr by
+layer (1/2.6): compose the two pieces, ``Compose([GradualUnfreezing(...), LayerwiseLRDecay(decay=0.385)])``
+(``configs/finetune/gradual-unfreezing.yaml``).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from hope.continual.finetune import TaskLoop
-from hope.continual.methods.llrd import LayerwiseLRDecay
+from hope.continual.finetune import FinetuneMethod, TaskLoop
 from hope.continual.params import depth
 
 
-class GradualUnfreezing(LayerwiseLRDecay):
-    """Thaw one layer per ``unfreeze_every`` steps from the head down (optionally with layer-wise lr decay).
+class GradualUnfreezing(FinetuneMethod):
+    """Thaw one layer per ``unfreeze_every`` steps from the head down.
 
     Args:
         unfreeze_every: optimizer steps between thawing one more layer.
-        decay: layer-wise lr decay (1: none; ULMFiT 1/2.6).
         loop: how ``learn`` trains on a task of the retention harness.
     """
 
     name = "gradual_unfreezing"
 
-    def __init__(self, unfreeze_every: int = 50, decay: float = 1.0, loop: TaskLoop | None = None) -> None:
-        super().__init__(decay, loop)
+    def __init__(self, unfreeze_every: int = 50, loop: TaskLoop | None = None) -> None:
+        super().__init__(loop)
         if unfreeze_every < 1:
             raise ValueError(f"GradualUnfreezing unfreeze_every={unfreeze_every} must be >= 1.")
         self.unfreeze_every = unfreeze_every

@@ -27,6 +27,7 @@ from jsonargparse import CLI
 
 from hope.continual.methods import (
     EWC,
+    Compose,
     FinetuneMethod,
     FullFinetune,
     GradualUnfreezing,
@@ -56,7 +57,9 @@ def default_methods(epochs: int, seq_len: int = 128) -> dict:
         "ewc": EWC(lam=5.0, fisher_blocks=16, fisher_source="default", loop=loop(1e-3)),
         "replay": Replay(buffer_ratio=0.25, general_ratio=0.25, general_blocks=128, loop=loop(1e-3)),
         "llrd": LayerwiseLRDecay(decay=0.5, loop=loop(1e-3)),
-        "gradual-unfreezing": GradualUnfreezing(unfreeze_every=2, decay=0.385, loop=loop(1e-3)),
+        "gradual-unfreezing": Compose(
+            [GradualUnfreezing(unfreeze_every=2), LayerwiseLRDecay(decay=0.385)], loop=loop(1e-3)
+        ),
         # SGD lr swept on task 1 (2 ... 5e4): the debug memory layer's small output needs a large one
         "sparse-memory": SparseMemoryFinetune(top_t=256, background_batches=100, loop=loop(5000.0)),
         "in-context": InContext(),  # the harness's no-update baseline
