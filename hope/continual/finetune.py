@@ -11,10 +11,12 @@ hooks in a small loop of its own (settings in ``TaskLoop``). The hooks, in the o
 ``lr_scales(model)``       per-parameter lr multipliers (layer-wise decay)
 ``make_optimizer(groups)`` AdamW by default; SMF uses SGD
 ``setup_data(model, ...)`` data-dependent state that is missing: EWC's Fisher, SMF's background, replay's pool
+``epoch_blocks(...)``      harness only: what one epoch of a task trains on (gap-focused self-study reorders it)
 ``mix_batch(batch, step)`` the batch actually trained on (replay appends earlier/general examples)
 ``penalty(model)``         a term added to the loss (EWC)
 ``before_optimizer_step``  after backward, before clipping and the step (gradual unfreezing drops gradients)
 ``end_task(model, ...)``   after a harness task (EWC: Fisher and anchor; replay: fill the buffer)
+``task_stats()``           after ``end_task``: statistics of the task just learned (self-study: gaps closed)
 ``state_dict()``           what a checkpoint must keep to resume exactly (Fisher, anchor, buffer)
 =========================  =======================================================================================
 """
@@ -129,6 +131,12 @@ class FinetuneMethod(ContinualMethod):
     def check_finetune(self) -> None:
         """Raise if ``hope finetune`` (which has no earlier tasks in hand) lacks a setting the method needs."""
 
+    def epoch_blocks(
+        self, model: nn.Module, task: Task, tokenizer: Tokenizer, seq_len: int, epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, labels)`` blocks of one epoch of ``learn``: the task's texts reshuffled every epoch, packed."""
+        return text_blocks(task.train, tokenizer, seq_len, seed=f"{self.loop.seed}/{self._tasks_learned}/{epoch}")
+
     def mix_batch(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """The batch actually trained on at ``step``: ``batch`` unchanged here (replay appends earlier examples)."""
         return batch
@@ -145,6 +153,10 @@ class FinetuneMethod(ContinualMethod):
 
     def step_stats(self) -> dict[str, float]:
         """Extra statistics of the last step, logged as ``train/<key>`` and in ``learn``'s result."""
+        return {}
+
+    def task_stats(self) -> dict[str, float]:
+        """Statistics of the harness task just learned (after ``end_task``), in ``learn``'s result."""
         return {}
 
     # -- checkpoint state ------------------------------------------------------------------------------------------
@@ -177,9 +189,7 @@ class FinetuneMethod(ContinualMethod):
         model.train()
         losses, step, stats = [], 0, {}
         for epoch in range(loop.epochs):
-            # texts reshuffled every epoch, then packed
-            seed = f"{loop.seed}/{self._tasks_learned}/{epoch}"
-            for batch in batches(*text_blocks(task.train, tokenizer, seq_len, seed=seed), loop.batch_size):
+            for batch in batches(*self.epoch_blocks(model, task, tokenizer, seq_len, epoch), loop.batch_size):
                 batch = {k: v.to(device) for k, v in self.mix_batch(batch, step).items()}
                 loss, lm_loss, _ = step_loss(self, model, batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -194,4 +204,4 @@ class FinetuneMethod(ContinualMethod):
         model.eval()
         self.end_task(model, *text_blocks(task.train, tokenizer, seq_len))
         self._tasks_learned += 1
-        return {"steps": float(step), "loss_first": losses[0], "loss_last": losses[-1], **stats}
+        return {"steps": float(step), "loss_first": losses[0], "loss_last": losses[-1], **stats, **self.task_stats()}

@@ -64,12 +64,25 @@ class TestSet(Protocol):
 
 
 @dataclass
+class StudyItem:
+    """A piece of a task's training material as a self-quiz: the ``sources`` (training texts that state it), a
+    ``prompt`` answered by ``answer``, and the ``candidates`` (``answer`` among them) the model ranks."""
+
+    sources: list[str]
+    prompt: str
+    answer: str
+    candidates: list[str]
+
+
+@dataclass
 class Task:
-    """One task of a sequence: what is learned (``train``) and how it is tested (``test``)."""
+    """One task of a sequence: what is learned (``train``) and how it is tested (``test``); ``study`` holds the
+    training material as self-quiz items, for methods that quiz themselves (empty if the suite has none)."""
 
     name: str
     train: list[str]
     test: TestSet
+    study: list[StudyItem] = field(default_factory=list)
 
 
 class ContinualMethod:

@@ -14,6 +14,7 @@ from hope.continual.methods.llrd import LayerwiseLRDecay
 from hope.continual.methods.lora import LoRA
 from hope.continual.methods.online import DynamicEvaluation, TestTimeLearning
 from hope.continual.methods.replay import Replay
+from hope.continual.methods.self_study import GapStudy
 from hope.continual.methods.sparse_memory import SparseMemoryFinetune
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "EpochFinetune",
     "FinetuneMethod",
     "FullFinetune",
+    "GapStudy",
     "GradualUnfreezing",
     "InContext",
     "LayerwiseLRDecay",

@@ -16,11 +16,12 @@ single method is the composition of one part, and no piece is implemented twice.
                            l get the decayed lr of depth l + 1
 ``make_optimizer``         the one part that brings an optimizer (SMF's SGD), else AdamW / HOPE's level optimizer
 ``mix_batch``              the one part that mixes batches (replay): its rows join the same loop's batches
+``epoch_blocks``           the one part that chooses what a harness epoch studies (gap-focused self-study)
 ``penalty``                the sum of the parts' penalties (EWC's, over the parameters that train), added to the loss
 ``end_task``               parts that change the model (LoRA's merge-and-restart) first, then the others in order,
                            so EWC's Fisher and anchor and replay's buffer see the model the next task starts from
 the rest                   every part, in order (``setup_data``, ``check_finetune``, ``before_optimizer_step``,
-                           ``step_stats``, ``structure``, ``state_dict``)
+                           ``step_stats``, ``task_stats``, ``structure``, ``state_dict``)
 =========================  ===================================================================================
 
 The composition runs one task loop, its own ``loop`` (``--method.loop.lr``); in ``hope finetune`` the Trainer's.
@@ -38,11 +39,17 @@ import torch
 from torch import nn
 
 from hope.continual.finetune import FinetuneMethod, TaskLoop, overrides
+from hope.continual.method import Task
 from hope.tokenizer import Tokenizer
 
 HOOKS = ("prepare", "trains", "lr_scales", "make_optimizer", "setup_data", "mix_batch", "penalty")
-HOOKS += ("before_optimizer_step", "end_task")
-EXCLUSIVE = {"lr_scales": "scale learning rates", "make_optimizer": "bring an optimizer", "mix_batch": "mix batches"}
+HOOKS += ("epoch_blocks", "before_optimizer_step", "end_task")
+EXCLUSIVE = {
+    "lr_scales": "scale learning rates",
+    "make_optimizer": "bring an optimizer",
+    "mix_batch": "mix batches",
+    "epoch_blocks": "choose what to study",
+}
 
 
 def _label(part: FinetuneMethod) -> str:
@@ -163,6 +170,14 @@ class Compose(FinetuneMethod):
         """The batch of the part that mixes batches (replay; at most one), else ``batch``."""
         return next((p.mix_batch(batch, step) for p in self._with("mix_batch")), batch)
 
+    def epoch_blocks(
+        self, model: nn.Module, task: Task, tokenizer: Tokenizer, seq_len: int, epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks of the part that chooses what to study (at most one), else the task's shuffled texts."""
+        owner = next(iter(self._with("epoch_blocks")), None)
+        study = super().epoch_blocks if owner is None else owner.epoch_blocks
+        return study(model, task, tokenizer, seq_len, epoch)
+
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         """The sum of the parts' penalties, or None if none has one."""
         terms = [t for t in (p.penalty(model) for p in self.parts) if t is not None]
@@ -182,6 +197,10 @@ class Compose(FinetuneMethod):
     def step_stats(self) -> dict[str, float]:
         """The parts' step statistics merged."""
         return {k: v for part in self.parts for k, v in part.step_stats().items()}
+
+    def task_stats(self) -> dict[str, float]:
+        """The parts' task statistics merged."""
+        return {k: v for part in self.parts for k, v in part.task_stats().items()}
 
     # -- checkpoint state and report -------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -6,6 +6,9 @@ starting model scores at chance, and a method must learn them from the training 
 
 - Training text: ``paraphrases`` statements per fact, drawn from the relation's training templates ("Dravo Kelmin
   was born in Ostrella.", "Ostrella is the hometown of Dravo Kelmin.", ...), shuffled within the task.
+- Study items (``Task.study``, for self-study methods such as ``GapStudy``): per fact its training statements, the
+  first one cut before the value as the question, and ``n_candidates`` values of the relation (drawn apart from the
+  test's), all from the training material. With ``test_template="seen"`` the question is the test's wording.
 - Test: one closed-book cloze per fact, scored by ranking ``n_candidates`` values of the same relation by
   log-likelihood (``CandidateRanking``; chance = 1 / n_candidates), with a binomial standard error. With
   ``test_template="seen"`` (default) the cloze is the first training template cut before the value ("Dravo Kelmin
@@ -27,7 +30,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from hope.continual.method import Task
+from hope.continual.method import StudyItem, Task
 from hope.evaluation.retention.tasks import CandidateRanking, QAItem, TaskSuite
 
 _SYLLABLES = [
@@ -215,31 +218,36 @@ class SyntheticFacts(TaskSuite):
 
     def tasks(self) -> list[Task]:
         """One task per group of new people: paraphrased facts to train on, candidate answers to rank as the test."""
-        rng = random.Random(self.seed)
+        rng, study_rng = random.Random(self.seed), random.Random(f"{self.seed}/study")  # study: apart from the rest
         people = _unique_names(rng, self.n_tasks * self.people_per_task)
         tasks = []
         for t in range(self.n_tasks):
             group = people[t * self.people_per_task : (t + 1) * self.people_per_task]
-            train, items = [], []
+            train, items, study = [], [], []
             for person in group:
                 for rel in RELATIONS:
                     value = rng.choice(rel.values)
                     # the first template is always trained on: test_template='seen' asks with it
                     templates = rel.train_templates[:1] + rng.sample(rel.train_templates[1:], self.paraphrases - 1)
-                    train += [tpl.format(e=person, v=value) for tpl in templates]
+                    statements = [tpl.format(e=person, v=value) for tpl in templates]
+                    train += statements
                     items.append(self._question(rng, rel, person, value))
+                    others = study_rng.sample([v for v in rel.values if v != value], self.n_candidates - 1)
+                    study.append(StudyItem(statements, _cloze(rel, person), value, sorted([value, *others])))
             rng.shuffle(train)
-            tasks.append(Task(f"facts-{t + 1}", train, CandidateRanking(items)))
+            tasks.append(Task(f"facts-{t + 1}", train, CandidateRanking(items), study))
         return tasks
 
     def _question(self, rng: random.Random, rel: Relation, person: str, value: str) -> QAItem:
         others = rng.sample([v for v in rel.values if v != value], self.n_candidates - 1)
         candidates = sorted([value, *others])  # a fixed order, so ties do not favour the right answer
-        if self.test_template == "heldout":
-            prompt = rel.test_template.format(e=person)
-        else:
-            prompt = rel.train_templates[0].split("{v}")[0].format(e=person).rstrip()
+        prompt = rel.test_template.format(e=person) if self.test_template == "heldout" else _cloze(rel, person)
         return QAItem(prompt, value, candidates)
+
+
+def _cloze(rel: Relation, person: str) -> str:
+    """The relation's first training template about ``person``, cut before the value."""
+    return rel.train_templates[0].split("{v}")[0].format(e=person).rstrip()
 
 
 def _unique_names(rng: random.Random, n: int) -> list[str]:
