@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hope.config import ModelConfig
+from hope.config import FAMILIES, ModelConfig
 from hope.lit.cli import HopeCLI, build_cli
 from hope.lit.datamodule import TextDataModule
 
@@ -22,6 +23,20 @@ class ParseOnly(HopeCLI):
 
 def test_configs_are_found():
     assert CONFIGS / "pretrain" / "debug.yaml" in CLI_YAMLS
+    assert CONFIGS / "pretrain" / "compare" / "titans-mac.yaml" in CLI_YAMLS
+
+
+def test_compare_configs_share_one_schedule():
+    """configs/pretrain/compare/: one file per family, identical but for the preset and the run folder."""
+    paths = sorted((CONFIGS / "pretrain" / "compare").glob("*.yaml"))
+    configs = {p.stem: yaml.safe_load(p.read_text()) for p in paths}
+    assert sorted(configs) == sorted(FAMILIES)
+    for family, config in configs.items():
+        assert ModelConfig.from_preset(config["model"].pop("preset")).family == family
+        assert config["trainer"].pop("default_root_dir") == f"runs/compare/{family}"
+    shared = configs.pop("transformer")
+    assert all(config == shared for config in configs.values())
+    assert shared["data"]["seq_len"] == 256 and shared["trainer"]["max_steps"] >= 400  # a usable model, not a smoke run
 
 
 @pytest.mark.parametrize("path", CLI_YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
