@@ -246,6 +246,8 @@ def stats(results: dict, name: str, column: str) -> tuple[float, float, int]:
     values = [r[f"{column}_ppl"] for (n, _), r in sorted(results.items()) if n == name]
     if not values:
         return math.nan, math.nan, 0
+    if not all(map(math.isfinite, values)):  # a diverged seed: no mean to report
+        return math.nan, math.nan, len(values)
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
 
@@ -289,19 +291,23 @@ def ablation_table(results: dict) -> str:
 
 
 def order_table(results: dict) -> str:
-    """Each relation of the paper's Table 5 ordering, and whether our means keep it on each evaluation set."""
+    """Each relation of the paper's Table 5 ordering, and whether our means keep it on each evaluation set (rows
+    without results or with a diverged seed are left out)."""
     lines = ["| paper: a < b | paper ppl | " + " | ".join(f"ours, {title}" for _, title in COLUMNS) + " |"]
     lines.append("|" + "---|" * (2 + len(COLUMNS)))
     for a, b in PAPER_CHAIN:
         ours = []
         for column, _ in COLUMNS:
-            (ma, _, na), (mb, _, nb) = stats(results, a, column), stats(results, b, column)
-            ours.append("—" if not (na and nb) else f"{'holds' if ma < mb else '**reversed**'} ({ma:.2f} vs {mb:.2f})")
+            ma, mb = stats(results, a, column)[0], stats(results, b, column)[0]
+            if not (math.isfinite(ma) and math.isfinite(mb)):
+                ours.append("—")
+            else:
+                ours.append(f"{'holds' if ma < mb else '**reversed**'} ({ma:.2f} vs {mb:.2f})")
         paper = f"{BY_NAME[a].paper:.2f} < {BY_NAME[b].paper:.2f}"
         lines.append(f"| {BY_NAME[a].label} < {BY_NAME[b].label} | {paper} | " + " | ".join(ours) + " |")
     pairs = [(a, b) for a in BY_NAME for b in BY_NAME if BY_NAME[a].paper and BY_NAME[b].paper and a < b]
     for column, title in COLUMNS:
-        known = [(a, b) for a, b in pairs if stats(results, a, column)[2] and stats(results, b, column)[2]]
+        known = [(a, b) for a, b in pairs if all(math.isfinite(stats(results, n, column)[0]) for n in (a, b))]
         agree = sum(
             (BY_NAME[a].paper < BY_NAME[b].paper) == (stats(results, a, column)[0] < stats(results, b, column)[0])
             for a, b in known
