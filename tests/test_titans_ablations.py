@@ -1,4 +1,5 @@
-"""bench/titans_ablations.py: the tables it writes from a fake result set, and the README markers it fills."""
+"""bench/titans_ablations.py (runs in titans_grid.py, tables in titans_tables.py): the tables it writes from a fake
+result set, and the README markers it fills."""
 
 import json
 import math
@@ -7,7 +8,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 
-from titans_ablations import BY_NAME, RUNS, fill, main, render, resolved_config  # noqa: E402
+from titans_ablations import main  # noqa: E402
+from titans_grid import BY_NAME, RUNS, resolved_config  # noqa: E402
+from titans_tables import fill, render  # noqa: E402
 
 from hope.config import ModelConfig  # noqa: E402
 
