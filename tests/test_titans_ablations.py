@@ -6,13 +6,18 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 
 from titans_ablations import main  # noqa: E402
 from titans_grid import BY_NAME, RUNS, resolved_config  # noqa: E402
+from titans_memory_probe import freeze_memories, weight_movement  # noqa: E402
 from titans_tables import fill, render  # noqa: E402
 
 from hope.config import ModelConfig  # noqa: E402
+from hope.model import HopeLM  # noqa: E402
 
 
 def fake(name: str, seed: int, val: float, info: float, finite: bool = True) -> dict:
@@ -103,3 +108,21 @@ def test_every_run_is_a_valid_config_and_targeted_runs_change_one_thing():
     for run in (r for r in RUNS if r.group == "mac" and r.name not in ("mac-before", "mac-literal")):
         changed = {k for k, v in resolved_config(run).items() if before[k] != v}
         assert len(changed) == 1, (run.name, changed)
+
+
+@pytest.mark.parametrize("family", ["titans-mac", "titans-mag", "titans-lmm"])
+def test_memory_probe_freezes_every_memory(family):
+    """bench/titans_memory_probe.py: a frozen memory ends a window at its initial weights, a trained one does not."""
+    window = {"sliding_window": 8} if family == "titans-mag" else {}
+    config = ModelConfig(
+        family=family, vocab_size=50, n_layer=2, n_head=2, n_embd=16, intermediate_size=32, max_seq_len=64,
+        memory_chunk_size=4, segment_len=8, memory_max_lr=0.25, **window,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model, idx = HopeLM(config), torch.randint(0, 50, (3, 32))
+    moved = weight_movement(model, idx)
+    assert len(moved) == 2 and min(moved) > 1e-3
+    logits = model(idx)[0]
+    assert freeze_memories(model) == 2
+    assert weight_movement(model, idx) == [0.0, 0.0]
+    assert not torch.allclose(model(idx)[0], logits)  # what the memory wrote changed the predictions
