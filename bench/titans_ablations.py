@@ -26,6 +26,7 @@ import math
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -89,7 +90,8 @@ def evaluations(run_dir: Path, finite: bool, args: argparse.Namespace) -> dict:
 def train_and_evaluate(run: Run, seed: int, args: argparse.Namespace) -> dict:
     """Train one run with one seed, evaluate it on both sets, and return its result record."""
     run_dir = args.runs_dir / f"{run.name}-seed{seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run stopped earlier: start it again from scratch
+    run_dir.mkdir(parents=True)
     log, steps = run_dir / "log.txt", run.steps or args.steps
     fit = ["fit", "--config", f"configs/pretrain/compare/{run.family}.yaml", "--trainer.default_root_dir", str(run_dir)]
     fit += ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
