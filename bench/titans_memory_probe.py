@@ -89,11 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", nargs="+", required=True)
     parser.add_argument("--info", default="runs/corpora/info", help="bench/local_corpora.py's info domain")
     parser.add_argument("--info_docs", type=int, default=100)
+    parser.add_argument("--val_docs", type=int, default=None, help="default: the whole validation split")
     parser.add_argument("--windows", type=int, default=32, help="windows for the weight movement")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     sources = {
-        "val": [text for _, text in load_documents("default", "val")],
+        "val": [text for _, text in load_documents("default", "val", args.val_docs)],
         "info": [text for _, text in load_documents(args.info, "all", args.info_docs)],
     }
     results = []
