@@ -132,7 +132,7 @@ def run_group(group: str, args: argparse.Namespace) -> None:
         corpora = [sys.executable, "bench/local_corpora.py", "--out", str(args.corpora), "--domains", "info"]
         subprocess.run(corpora, cwd=ROOT, check=True)
     for run in (r for r in RUNS if r.group == group and (not args.only or r.name in args.only)):
-        for seed in run.seeds:
+        for seed in (s for s in run.seeds if not args.seeds or s in args.seeds):
             path = result_path(args.out, run.name, seed)
             if path.exists() and args.reeval:  # evaluate the run's checkpoint again (e.g. after the evals changed)
                 old = json.loads(path.read_text())
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group", choices=sorted({r.group for r in RUNS}), help="train and evaluate this group")
     parser.add_argument("--only", nargs="*", help="only these run names of the group")
+    parser.add_argument("--seeds", type=int, nargs="*", help="only these seeds of each run (default: all its seeds)")
     parser.add_argument("--tables", action="store_true", help="only rewrite the tables")
     parser.add_argument("--reeval", action="store_true", help="evaluate the group's finished runs again")
     parser.add_argument("--list", action="store_true", help="print the runs and exit")
