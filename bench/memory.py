@@ -1,4 +1,5 @@
-"""Benchmark the Titans memory op: naive per-token recurrence vs naive chunk loop vs chunk-parallel.
+"""Benchmark the Titans memory op: naive per-token recurrence vs naive chunk loop vs chunk-parallel (plain, and with
+``recompute``: chunk-boundary states only for backward) vs the fused Triton kernels (``--impls triton``, CUDA).
 
 Measures forward + backward (outer-loop gradients w.r.t. all inputs) throughput in tokens/s and the peak memory
 of one call. Each (implementation, length) pair runs in its own subprocess so that peaks do not mix:
@@ -8,12 +9,15 @@ glibc told to unmap every large freed block (``MALLOC_MMAP_THRESHOLD_``) so that
 
     python bench/memory.py                            # CPU, T = 512..4096, writes bench/results/memory.json
     python bench/memory.py --device cuda --naive-max-len 4096
+    python bench/memory.py --device cuda --impls chunked "chunked recompute" triton --lengths 2048 4096
 
 The naive implementations take a per-token autograd.grad with create_graph and keep every per-token weight
 alive for the backward, so they are skipped above ``--naive-max-len`` (default 2048) to keep the run short.
 """
 
 import argparse
+import functools
+import importlib
 import json
 import os
 import resource
@@ -25,13 +29,23 @@ import time
 import torch
 import torch.nn.functional as F
 
+from hope.ops.common import MemoryRule
 from hope.ops.titans import chunked, naive
 
 IMPLS = {
-    "naive per-token": lambda x, C, **kw: naive.titans_memory_recurrent(**x, **kw),
-    "naive chunk loop": lambda x, C, **kw: naive.titans_memory(**x, chunk_size=C, **kw),
-    "chunked": lambda x, C, **kw: chunked.titans_memory(**x, chunk_size=C, **kw),
+    "naive per-token": naive.titans_memory_recurrent,
+    "naive chunk loop": naive.titans_memory,
+    "chunked": chunked.titans_memory,
+    "chunked recompute": functools.partial(chunked.titans_memory, recompute=True),
+    "triton": None,  # hope.ops.titans.triton, imported when asked for (needs triton and, outside its interpreter, CUDA)
 }
+
+
+def implementation(impl: str):
+    """The op of an ``IMPLS`` name."""
+    if impl == "triton":
+        return importlib.import_module("hope.ops.titans.triton").titans_memory_triton
+    return IMPLS[impl]
 
 
 def make_inputs(T: int, args, device, dtype) -> dict:
@@ -56,7 +70,9 @@ def make_inputs(T: int, args, device, dtype) -> dict:
 
 
 def fwd_bwd(impl: str, x: dict, args) -> None:
-    y, (W, S) = IMPLS[impl](x, args.chunk_size, max_grad_norm=args.max_grad_norm)
+    gates, state = (x["theta"], x["eta"], x["alpha"]), (x["weights"], x["momentum"])
+    rule = MemoryRule(args.chunk_size, max_grad_norm=args.max_grad_norm)
+    y, (W, S) = implementation(impl)(x["q"], x["k"], x["v"], gates, state, rule)
     loss = y.square().mean() + sum(w.square().mean() for w in W)
     loss.backward()
 
@@ -84,7 +100,7 @@ def worker(impl: str, T: int, args) -> dict:
     else:
         base = _rss_bytes()
     times = []
-    for _ in range(args.repeats if impl == "chunked" else 1):
+    for _ in range(args.repeats if not impl.startswith("naive") else 1):
         _sync(device)
         t0 = time.perf_counter()
         fwd_bwd(impl, x, args)
@@ -120,7 +136,7 @@ def markdown(results: list[dict], lengths: list[int]) -> str:
     by = {(r["impl"], r["T"]): r for r in results}
     lines = ["| impl | " + " | ".join(f"T={T} tok/s | peak MiB" for T in lengths) + " |"]
     lines.append("|---|" + "---|---|" * len(lengths))
-    for impl in IMPLS:
+    for impl in dict.fromkeys(r["impl"] for r in results):
         cells = []
         for T in lengths:
             r = by.get((impl, T))
@@ -143,6 +159,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    p.add_argument("--impls", nargs="+", choices=list(IMPLS), default=list(IMPLS)[:4], help="implementations to run")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
@@ -165,8 +182,8 @@ def main():
     argv = sys.argv[1:]
     results = []
     for T in args.lengths:
-        for impl in IMPLS:
-            if impl != "chunked" and T > args.naive_max_len:
+        for impl in args.impls:
+            if impl.startswith("naive") and T > args.naive_max_len:
                 continue
             results.append(measure(impl, T, argv, cpu=args.device == "cpu"))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)

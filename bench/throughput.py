@@ -91,6 +91,13 @@ def cpu_peak_memory_gib(spec: str, args) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def peak_memory_gib(spec: str, args, device: torch.device) -> float | None:
+    """The row's peak memory: torch's on GPUs, the fresh process's on CPU (None with --no_cpu_peak)."""
+    if device.type == "cuda":
+        return cuda_peak_memory_gib(device)
+    return None if args.no_cpu_peak else cpu_peak_memory_gib(spec, args)
+
+
 def prepare(spec: str, args, device: torch.device):
     """The model of a preset spec and a function that times ``args.steps`` training steps (after the warmup on its
     first call) and returns the mean seconds per step."""
@@ -144,7 +151,7 @@ def result(preset: str, model: HopeLM, seconds: float, args, device: torch.devic
         "step_s": seconds,
         "tokens_per_s": tokens_per_sec,
         "mfu": mfu,
-        "peak_mem_GiB": cuda_peak_memory_gib(device) if device.type == "cuda" else cpu_peak_memory_gib(preset, args),
+        "peak_mem_GiB": peak_memory_gib(preset, args, device),
     }
 
 
@@ -188,6 +195,12 @@ def main() -> None:
         default=None,
         help="JSON path (default: bench/results/throughput_cpu.json on CPU, bench/results/throughput.json otherwise)",
     )
+    parser.add_argument(
+        "--keep_going",
+        action="store_true",
+        help="record a failing preset as an error row and go on (default: only on OOM)",
+    )
+    parser.add_argument("--no_cpu_peak", action="store_true", help="CPU: skip the peak-memory child process")
     parser.add_argument("--peak_of", default=None, help=argparse.SUPPRESS)  # internal: the CPU peak-memory child
     args = parser.parse_args()
     args.threads = torch.get_num_threads()
@@ -205,21 +218,37 @@ def main() -> None:
         for preset in args.presets:
             try:
                 rows.append(measure(preset, args, device))
-            except torch.OutOfMemoryError:  # a row that says so beats losing the rest of the table
-                rows.append(
-                    {
-                        "preset": preset,
-                        "error": "out of memory",
-                        "seq_len": args.seq_len,
-                        "batch_size": args.batch_size,
-                        "precision": args.precision,
-                    }
-                )
-                torch.cuda.empty_cache()
+            except Exception as error:  # a row that says so beats losing the rest of the table
+                if not (args.keep_going or isinstance(error, torch.OutOfMemoryError)):
+                    raise
+                message = "out of memory" if isinstance(error, torch.OutOfMemoryError) else repr(error)[:300]
+                rows.append({"preset": preset, "error": message, **{k: vars(args)[k] for k in ROW_SHAPE}})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            write_json(rows, args, device)  # after every row: a run cut short keeps what it measured
+    write_json(rows, args, device)
+    print_table(rows)
+    print(f"wrote {args.out}")
+
+
+ROW_SHAPE = ("seq_len", "batch_size", "precision")
+
+
+def write_json(rows: list[dict], args, device: torch.device) -> None:
+    """The rows, with each one's tokens/s relative to the first row's, and the device, to ``args.out``."""
     base = rows[0].get("tokens_per_s")
     for r in rows:  # throughput relative to the first preset (e.g. the Transformer++ baseline)
         if "tokens_per_s" in r and base:
             r["ratio_to_first"] = r["tokens_per_s"] / base
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    meta = {"device": device_name, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**meta, "rounds": args.rounds, "results": rows}, indent=2))
+
+
+def print_table(rows: list[dict]) -> None:
+    """The rows as a Markdown table."""
     print(f"| preset | params | seq | batch | prec | step s | tokens/s | MFU | peak GiB | x {rows[0]['preset']} |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -228,26 +257,11 @@ def main() -> None:
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         ratio = f"{r['ratio_to_first']:.2f}" if "ratio_to_first" in r else "-"
+        peak = "-" if r["peak_mem_GiB"] is None else f"{r['peak_mem_GiB']:.2f}"
         print(
             f"| {r['preset']} | {r['params_M']:.1f}M | {r['seq_len']} | {r['batch_size']} | {r['precision']} | "
-            f"{r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} | {r['peak_mem_GiB']:.2f} | {ratio} |"
+            f"{r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} | {peak} | {ratio} |"
         )
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "device": device_name,
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "rounds": args.rounds,
-                "results": rows,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

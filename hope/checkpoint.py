@@ -21,7 +21,9 @@ good file. Loading reads any checkpoint the project writes:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ from hope.config import ModelConfig
 from hope.layers.lora import apply_lora, remove_lora
 from hope.layers.memory_layer import MemoryLayerConfig, swap_mlp_for_memory
 from hope.model import HopeLM
+
+log = logging.getLogger(__name__)
 
 # -- writing ------------------------------------------------------------------------------------------------------
 
@@ -60,10 +64,57 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+# -- finding files ------------------------------------------------------------------------------------------------
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a checkpoint was written to its end: a torch zip archive with its closing directory record (a file
+    cut short by a crash has none), or a DeepSpeed checkpoint folder with its ``latest`` file."""
+    return (path / "latest").is_file() if path.is_dir() else zipfile.is_zipfile(path)
+
+
+def _written_at(path: Path) -> int:
+    """Modification time of a checkpoint file, or of the newest file in a DeepSpeed checkpoint folder."""
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return max((p.stat().st_mtime_ns for p in files), default=0)
+
+
+def newest_checkpoint(*folders: str | os.PathLike) -> Path | None:
+    """The most recently written complete ``*.ckpt`` in ``folders`` (``last.ckpt``, ``step*.ckpt``,
+    ``hpc_ckpt_*.ckpt``), or None. Incomplete ones (a ``.tmp`` never counts) are skipped with a warning."""
+    candidates = {p for folder in folders if Path(folder).is_dir() for p in Path(folder).glob("*.ckpt")}
+    for path in sorted(candidates, key=_written_at, reverse=True):
+        if is_complete(path):
+            return path
+        log.warning("skipping %s: the file is incomplete (cut short while it was written)", path)
+    return None
+
+
+def run_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` itself, or for a run directory (``trainer.default_root_dir``) or its ``checkpoints`` folder the
+    newest complete checkpoint in it (normally ``checkpoints/last.ckpt``)."""
+    path = Path(path)
+    if not path.is_dir() or is_complete(path):
+        return path
+    found = newest_checkpoint(path / "checkpoints", path)
+    if found is None:
+        raise FileNotFoundError(
+            f"{str(path)!r} is a directory with no complete checkpoint in it or in its checkpoints/ folder. "
+            f"Pass a checkpoint file, e.g. {str(path / 'checkpoints' / 'last.ckpt')!r}."
+        )
+    log.info("%s is a run directory: using its newest checkpoint %s", path, found)
+    return found
+
+
 # -- reading files ------------------------------------------------------------------------------------------------
 
 
 def _require_file(path: Path) -> None:
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} is a directory, not a checkpoint file. For a run directory pass "
+            f"{str(path / 'checkpoints' / 'last.ckpt')!r}; a DeepSpeed checkpoint folder needs `hope convert` first."
+        )
     if not path.is_file():
         present = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
         hint = f" Checkpoints in that folder: {present}." if present else ""
@@ -78,8 +129,8 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several types for truncated zip archives
         raise ValueError(
-            f"checkpoint {str(path)!r} is corrupt or truncated ({type(err).__name__}: {err}). Resume from an "
-            "earlier checkpoint in the same directory, or delete this file."
+            f"checkpoint {str(path)!r} is corrupt or truncated ({type(err).__name__}: {err}). Use another "
+            "checkpoint of the same run (e.g. a step*.ckpt beside it)."
         ) from err
 
 

@@ -18,20 +18,39 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
 from hope import config as config_module
-from hope import convert, stack
+from hope import convert, generate_cli, stack
 from hope.config import PRESETS, ModelConfig
 from hope.evaluation import cli as eval_cli
 from hope.finetune import cli as finetune_cli
 from hope.lit.cli import build_cli
+from hope.lit.divergence import TrainingDiverged
+from hope.lit.requeue import SIGTERM_EXIT_CODE
 
 # Subcommands outside LightningCLI, called with the remaining arguments.
 EXTRA_COMMANDS: dict[str, Callable[[list[str]], object]] = {
     "convert": convert.main,
     "eval": eval_cli.main,
     "finetune": finetune_cli.main,
+    "generate": generate_cli.main,
     "stack": stack.main,
 }
+
+USAGE = """usage: hope SUBCOMMAND [options]      (hope SUBCOMMAND --help: its options)
+
+subcommands:
+  fit        pretrain a model (LightningCLI: --config FILE, any --key value; --ckpt_path last resumes)
+  validate   validation loss and perplexity of a checkpoint (--ckpt_path) on data.*
+  test       the same, logged as test/*
+  finetune   finetune a pretrained model with a continual-learning method (LoRA, EWC, replay, ...)
+  eval       evaluate a checkpoint: perplexity, retention, recall, lm-eval
+  generate   sample text from a checkpoint (--prompt; --ttl: HOPE models learn from the prompt)
+  convert    a training checkpoint -> model.safetensors + model_config.yaml
+  stack      a Hope-Attention model from a pretrained Transformer++ (level stacking)
+  config     model presets: hope config list | hope config show PRESET
+"""
 
 
 def config_command(args: Sequence[str]) -> None:
@@ -76,13 +95,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The ``hope`` command: LightningCLI's fit/validate/test, or one of ``config`` and ``EXTRA_COMMANDS``."""
     args = list(sys.argv[1:] if argv is None else argv)
     _show_progress_logs()
-    if args and args[0] == "config":
-        config_command(args[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
         return
-    if args and args[0] in EXTRA_COMMANDS:
-        EXTRA_COMMANDS[args[0]](args[1:])
-        return
-    build_cli(args)
+    try:
+        if args[0] == "config":
+            config_command(args[1:])
+        elif args[0] in EXTRA_COMMANDS:
+            EXTRA_COMMANDS[args[0]](args[1:])
+        else:
+            build_cli(args)
+    except TrainingDiverged as err:
+        raise SystemExit(f"[hope] error: {err}") from None
+    except SIGTERMException:  # a SIGTERM stopped the run: saved by SignalCheckpoint in training, else by nothing
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
 
 
 if __name__ == "__main__":

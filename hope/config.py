@@ -12,92 +12,31 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from hope.cms_config import LEGACY_CMS_FIELDS, CMSLevel, legacy_cms_levels
+from hope.ops.titans import KERNELS as MEMORY_KERNELS
 from hope.presets import PRESETS
 
 ATTN_BACKENDS = ("auto", "sdpa", "flash", "naive")
-FAMILIES = ("transformer", "titans-mac", "titans-mag", "titans-mal", "titans-lmm", "hope", "hope-attention")
+FAMILIES = ("transformer", "titans-mac", "titans-mag", "titans-mal", "titans-lmm", "hope", "hope-attention", "srwm")
 TITANS_FAMILIES = FAMILIES[1:5]
 HOPE_FAMILIES = ("hope", "hope-attention")
-CMS_RULES = ("adamw", "sgd", "deep_momentum")
-
-
-@dataclass
-class CMSLevel:
-    """One level of HOPE's Continuum Memory System (NL Eqs. 30-31): its width and how often it learns, in context
-    and in the outer loop. The two periods are in different units on purpose: tokens of the stream when the model
-    learns at test time, optimizer steps when it is trained."""
-
-    hidden: int | None = None
-    """SwiGLU hidden width of the level; None means the model's intermediate_size."""
-    tokens_per_update: int = 16
-    """In context (test-time learning, ``hope.ttl``): the level takes one gradient step every this many TOKENS of
-    the stream, on the gradients summed over them (NL Eq. 31's C^(l))."""
-    steps_per_update: int = 1
-    """Outer loop (``hope fit``, ``hope finetune``): the level's parameters step every this many OPTIMIZER steps,
-    on the gradients summed over them (NL Eq. 31 in pretraining; ``hope.optim.LevelOptimizer``)."""
-    rule: str = "adamw"
-    """Outer-loop optimizer rule of the level: ``adamw``, ``sgd`` or ``deep_momentum`` (NL Eq. 23)."""
-    lr_scale: float = 1.0
-    """Outer-loop learning rate of the level as a multiple of model.optim.lr (same warmup/cosine)."""
-
-    def validate(self, where: str) -> None:
-        """Raise ValueError naming ``where`` (e.g. ``model.cms_levels[1]``), the field, its value and the fix."""
-        if self.hidden is not None and self.hidden < 1:
-            raise ValueError(f"{where}.hidden={self.hidden} must be >= 1, or null for model.intermediate_size.")
-        for name in ("tokens_per_update", "steps_per_update"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{where}.{name}={getattr(self, name)} must be >= 1.")
-        if self.rule not in CMS_RULES:
-            raise ValueError(f"{where}.rule={self.rule!r} is unknown; choose one of {CMS_RULES}.")
-        if self.lr_scale < 0:
-            raise ValueError(f"{where}.lr_scale={self.lr_scale} must be >= 0 (0 freezes the level in the outer loop).")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str) -> CMSLevel:
-        """A level from a YAML / JSON mapping; an unknown key is an error that suggests the right one."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{where} has an unknown key {key!r}.{hint} A level's keys are {known}.")
-        return cls(**values)
-
-
-# The flat per-level lists that cms_levels replaced: old field -> CMSLevel field, and the old defaults.
-LEGACY_CMS_FIELDS = {
-    "cms_hidden": ("hidden", None),
-    "cms_periods": ("tokens_per_update", [16, 256, 4096]),
-    "cms_level_periods": ("steps_per_update", [1, 4, 16]),
-    "cms_level_rules": ("rule", ["adamw"] * 3),
-    "cms_level_lr_scale": ("lr_scale", [1.0] * 3),
-}
-
-
-def legacy_cms_levels(values: dict[str, Any]) -> list[dict[str, Any]]:
-    """``cms_levels`` equivalent to the flat lists of a config written before it existed: one level per entry of
-    the lists given, and the old defaults where a list is missing (its last entry repeated if it is too short)."""
-    given = {old: values[old] for old in LEGACY_CMS_FIELDS if values.get(old) is not None}
-    n_levels = max((len(v) for v in given.values()), default=3)
-
-    def entry(old: str, i: int) -> Any:
-        values_l = given.get(old, LEGACY_CMS_FIELDS[old][1])
-        return None if values_l is None else values_l[min(i, len(values_l) - 1)]
-
-    return [{new: entry(old, i) for old, (new, _) in LEGACY_CMS_FIELDS.items()} for i in range(n_levels)]
 
 
 @dataclass
 class ModelConfig:
+    """Architecture of one model: family, sizes, attention, Titans memory, HOPE/CMS settings; validated on creation."""
+
     name: str = "custom"
     """Preset name this config came from (informational; shown in logs and saved beside checkpoints)."""
     family: str = "transformer"
     """Model family: ``transformer`` (Transformer++); ``titans-mac`` / ``titans-mag`` / ``titans-mal`` (Titans
-    memory as context / gate / layer, §4.1-4.3); ``titans-lmm`` (the Titans memory alone, §4.4)."""
+    memory as context / gate / layer, §4.1-4.3); ``titans-lmm`` (the Titans memory alone, §4.4); ``hope`` /
+    ``hope-attention`` (NL §3); ``srwm`` (the self-referential weight matrix in place of attention)."""
     vocab_size: int = 8192
     """Number of token ids the tokenizer can produce. Must be >= the tokenizer's vocab size."""
     padding_multiple: int = 64
@@ -157,6 +96,18 @@ class ModelConfig:
     raised titans-mac-170m from 5.2K to 7.4K tokens/s and cut peak memory by 14%, after a ~20 s compile; on CPU
     (2 cores) it took a hope-debug self-modifying layer from 132 to 74-79 ms forward and backward, after ~45 s. Needs
     a working torch.compile backend (a C++ compiler on CPU, Triton on GPU)."""
+    memory_recompute: bool = False
+    """Titans and HOPE: keep only the chunk-boundary weights and momentum of the memory loops for backward and
+    recompute each chunk step there (activation checkpointing, ``hope.ops.recompute``): the same gradients, for
+    about one more forward of the loops and a fraction of their activation memory."""
+    memory_kernel: str = "torch"
+    """Titans: the memory op's kernel. ``torch``: the chunk-parallel PyTorch op on every device. ``triton``: the fused
+    Triton chunk kernels (``hope.ops.titans.triton``; forward and backward, one launch per call, weights and momentum
+    in place, backward recomputes from the stored chunk-boundary states) on CUDA, the PyTorch op elsewhere; memory
+    depth 2, power-of-two head dim, hidden width and chunk size. Needs ``pip install 'hope[cuda]'``. ``fla``: the
+    ablation "linear memory" without momentum, per token (memory_chunk_size 1) and without clip, which is exactly
+    Gated DeltaNet, through flash-linear-attention's chunked gated delta rule on CUDA (``hope.ops.titans.gated_delta``;
+    ``pip install 'hope[fla]'``)."""
     segment_len: int = 512
     """titans-mac: tokens per segment S^(t). The memory is read before and written after each segment; a token
     attends to the persistent tokens and to the memory tokens and tokens of its segment up to itself. Must be a
@@ -187,6 +138,11 @@ class ModelConfig:
     """hope: tokens per in-context update of the retrieval memory M_memory (NL §8.2, Eq. 91)."""
     hope_adaptive_q: bool = False
     """hope: q from a self-modifying memory M_q instead of the static projection x W_q (NL Eq. 83 vs 88)."""
+    hope_safe_step: bool = False
+    """hope: cap each token's inner step of the self-modifying memories so that a chunk cannot overshoot (the
+    ``max_lr = 1/(2C)`` rule generalised to MLP memories; ``hope.ops.common.safe_step_scale``). Without it a head
+    whose weights outgrow that rule can diverge in context and amplify float rounding (split-dependent float32
+    logits after ~2K tokens; README "HOPE"). On in the hope presets; off reproduces models trained before it."""
     cms_levels: list[CMSLevel] = field(
         default_factory=lambda: [CMSLevel(None, 16, 1), CMSLevel(None, 256, 4), CMSLevel(None, 4096, 16)]
     )
@@ -198,7 +154,22 @@ class ModelConfig:
     """HOPE CMS: in-context (test-time) step size of every level (NL Eq. 31's eta^(l)); 0 freezes the levels."""
     cms_objective: str = "teach"
     """HOPE CMS: in-context objective: ``teach`` (the LM loss's gradient dL/dy, as in pretraining) or
-    ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2); see hope/layers/cms.py."""
+    ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2 / d); see hope/layers/cms.py."""
+    cms_learn_in_context: bool = False
+    """HOPE CMS: every forward learns in context, ``hope fit``'s included (NL Eq. 31 with C^(l) in tokens): level l
+    steps every ``tokens_per_update`` tokens of each sequence on the layer-local objective, and the outer loss trains
+    the stored weights through those steps (hope/ops/cms). Needs ``cms_objective: reconstruction``."""
+
+    # -- SRWM (family srwm; Irie et al., ICML 2022; hope/layers/srwm.py) ------------------------------------------
+    srwm_chunk_size: int = 1
+    """srwm: tokens per self-modification. 1 is the paper's exact per-token recurrence; more reads every token of
+    a chunk at the weights it started with and sums the chunk's updates (an approximation, faster per token)."""
+    srwm_conv_kernel: int = 4
+    """srwm: kernel of a causal depthwise convolution on the SRWM's input, so that a token's key and query can
+    depend on the tokens just before it (ours, not the paper's; see hope/layers/srwm.py). 0: none."""
+    srwm_input_softmax: bool = False
+    """srwm: apply phi = softmax to each head's input x_t as well as to k_t and q_t (the paper's Eq. 2 as written;
+    off in the authors' code and here)."""
 
     def __post_init__(self) -> None:
         self.cms_levels = [
@@ -210,15 +181,18 @@ class ModelConfig:
     # ----------------------------------------------------------------------------------------------------
     @property
     def padded_vocab_size(self) -> int:
+        """``vocab_size`` rounded up to a multiple of ``padding_multiple``: rows of the embedding and output head."""
         m = self.padding_multiple
         return (self.vocab_size + m - 1) // m * m
 
     @property
     def resolved_head_dim(self) -> int:
+        """Per-head width: ``head_dim``, or ``n_embd // n_head`` when it is None."""
         return self.head_dim if self.head_dim is not None else self.n_embd // self.n_head
 
     @property
     def resolved_intermediate_size(self) -> int:
+        """SwiGLU hidden width: ``intermediate_size``, or 8/3 * n_embd rounded up to a multiple of 64 if None."""
         if self.intermediate_size is not None:
             return self.intermediate_size
         return (8 * self.n_embd // 3 + 63) // 64 * 64
@@ -241,6 +215,26 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.resolved_head_dim} must be even for RoPE; change n_embd or n_head.")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 1 or null (full attention).")
+        if self.memory_kernel not in MEMORY_KERNELS:
+            raise ValueError(f"model.memory_kernel={self.memory_kernel!r} is unknown; choose one of {MEMORY_KERNELS}.")
+        needs = {"triton": ("triton", "cuda"), "fla": ("fla", "fla")}.get(self.memory_kernel)
+        if needs and importlib.util.find_spec(needs[0]) is None:
+            raise ValueError(
+                f"model.memory_kernel={self.memory_kernel!r} needs {needs[0]} (pip install 'hope[{needs[1]}]'); "
+                "use memory_kernel: torch."
+            )
+        gated_delta = {
+            "memory_linear": True,
+            "memory_momentum": False,
+            "memory_chunk_size": 1,
+            "memory_max_grad_norm": None,
+        }
+        wrong = {key: getattr(self, key) for key, value in gated_delta.items() if getattr(self, key) != value}
+        if self.memory_kernel == "fla" and wrong:
+            raise ValueError(
+                f"model.memory_kernel='fla' is the gated delta rule, which equals the memory only with {gated_delta}; "
+                f"got {wrong}. Set those fields, or memory_kernel: torch."
+            )
         if self.memory_max_grad_norm is not None and self.memory_max_grad_norm <= 0:
             raise ValueError(
                 f"model.memory_max_grad_norm={self.memory_max_grad_norm} must be > 0; use null to disable clipping."
@@ -249,6 +243,24 @@ class ModelConfig:
             self._validate_titans()
         if self.family in HOPE_FAMILIES:
             self._validate_hope()
+        if self.family == "srwm":
+            self._validate_srwm()
+
+    def _validate_srwm(self) -> None:
+        if self.srwm_chunk_size < 1:
+            raise ValueError(f"model.srwm_chunk_size={self.srwm_chunk_size} must be >= 1 (1: the exact recurrence).")
+        if self.srwm_conv_kernel < 0:
+            raise ValueError(f"model.srwm_conv_kernel={self.srwm_conv_kernel} must be >= 0 (0: no convolution).")
+        if self.n_embd % self.n_head or self.head_dim not in (None, self.n_embd // self.n_head):
+            raise ValueError(
+                f"model.family='srwm' splits model.n_embd={self.n_embd} into model.n_head={self.n_head} heads with no "
+                f"input projection; make n_embd divisible by n_head and leave model.head_dim null."
+            )
+        if self.sliding_window is not None:
+            raise ValueError(
+                f"model.sliding_window={self.sliding_window} is not used by model.family='srwm' (it has no "
+                "attention); set model.sliding_window to null."
+            )
 
     @property
     def resolved_cms_hidden(self) -> list[int]:
@@ -269,6 +281,11 @@ class ModelConfig:
             raise ValueError(f"model.cms_inner_lr={self.cms_inner_lr} must be >= 0 (0 freezes the levels in context).")
         if self.cms_objective not in ("teach", "reconstruction"):
             raise ValueError(f"model.cms_objective={self.cms_objective!r}; choose 'teach' or 'reconstruction'.")
+        if self.cms_learn_in_context and self.cms_objective != "reconstruction":
+            raise ValueError(
+                f"model.cms_learn_in_context=true learns inside the forward, where no loss is known, but "
+                f"model.cms_objective={self.cms_objective!r}; set model.cms_objective: reconstruction (layer-local)."
+            )
 
     def _validate_titans(self) -> None:
         for name in ("memory_depth", "memory_expansion", "memory_chunk_size", "memory_conv_kernel", "segment_len"):
@@ -310,6 +327,7 @@ class ModelConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain dict (CMS levels as dicts too); ``from_dict`` reads it back."""
         return dataclasses.asdict(self)
 
     @classmethod

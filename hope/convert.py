@@ -2,6 +2,7 @@
 
     hope convert runs/debug/checkpoints/last.ckpt exported/debug
     hope convert runs/big/checkpoints/last.ckpt/ exported/big        # a DeepSpeed checkpoint *directory*
+    hope convert runs/debug/checkpoints/last.ckpt exported/debug --overwrite     # replace an earlier export
 
 The output loads with ``hope.checkpoint.load_model``, ``hope eval``, and
 ``--model.init_from exported/debug/model.safetensors``.
@@ -22,7 +23,7 @@ import yaml
 from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 from safetensors.torch import save_file
 
-from hope.checkpoint import atomic_write_bytes, load_checkpoint_file, tied_aliases
+from hope.checkpoint import atomic_write_bytes, load_checkpoint_file, run_checkpoint, tied_aliases
 
 
 def _lightning_checkpoint(source: Path, workdir: Path) -> Path:
@@ -36,11 +37,18 @@ def _lightning_checkpoint(source: Path, workdir: Path) -> Path:
     return out
 
 
-def convert(source: str | Path, out_dir: str | Path) -> Path:
-    """Write ``out_dir/model.safetensors`` and ``out_dir/model_config.yaml``; return the safetensors path."""
+def convert(source: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/model_config.yaml``; return the safetensors path. An
+    existing ``model.safetensors`` is replaced only with ``overwrite``."""
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
         raise FileNotFoundError(f"checkpoint {str(source)!r} does not exist; pass a .ckpt file or a DeepSpeed dir.")
+    source = run_checkpoint(source)
+    if (out_dir / "model.safetensors").exists() and not overwrite:
+        raise FileExistsError(
+            f"{str(out_dir / 'model.safetensors')!r} already exists. Fix: pass --overwrite to replace it, or choose "
+            "another output folder."
+        )
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = load_checkpoint_file(_lightning_checkpoint(source, Path(tmp)))
     config = ckpt.get("model_config")
@@ -62,11 +70,13 @@ def convert(source: str | Path, out_dir: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``hope convert CHECKPOINT OUT_DIR``: parse the arguments, convert, print what was written."""
     parser = argparse.ArgumentParser(
         prog="hope convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoint", help="a Lightning .ckpt file or a DeepSpeed checkpoint directory")
     parser.add_argument("out_dir", help="folder to write model.safetensors and model_config.yaml into")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir/model.safetensors")
     args = parser.parse_args(argv)
-    target = convert(args.checkpoint, args.out_dir)
+    target = convert(args.checkpoint, args.out_dir, args.overwrite)
     print(f"[hope] wrote {target} and {target.parent / 'model_config.yaml'}")

@@ -27,16 +27,26 @@ sequence.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Generator
 
 import torch
 
 from hope.model import HopeLM
+from hope.ttl import TestTimeLearner
 
-if TYPE_CHECKING:
-    from hope.ttl import TestTimeLearner
+__all__ = ["generate", "generate_stream", "nucleus", "sample"]
 
-__all__ = ["generate", "sample"]
+
+def nucleus(logits_BV: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
+    """Logits with every token outside the nucleus at -inf: the most likely tokens whose probability at
+    ``temperature`` sums to at least ``top_p`` (Holtzman et al. 2020; the most likely token always stays)."""
+    if temperature == 0 or top_p >= 1:
+        return logits_BV
+    probs_BV = torch.softmax(logits_BV.float() / temperature, dim=-1)
+    sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
+    before_BV = sorted_BV.cumsum(dim=-1) - sorted_BV  # probability of the more likely tokens
+    drop_BV = torch.zeros_like(probs_BV, dtype=torch.bool).scatter(-1, order_BV, before_BV >= top_p)
+    return logits_BV.masked_fill(drop_BV, float("-inf"))
 
 
 def sample(
@@ -44,9 +54,13 @@ def sample(
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """Next tokens [B, 1] from last-position logits [B, V]: greedy when temperature is 0, else softmax sampling
-    at that temperature over the top_k most likely tokens (all tokens if None)."""
+    at that temperature over the nucleus ``top_p`` of the full distribution (all tokens if None), then over the
+    top_k most likely of those (all if None)."""
+    if top_p is not None:
+        logits_BV = nucleus(logits_BV, top_p, temperature)
     if temperature == 0:
         return logits_BV.argmax(dim=-1, keepdim=True)
     logits_BV = logits_BV.float() / temperature
@@ -64,7 +78,7 @@ def _feed(forward, idx_BT: torch.Tensor, state: list | None, max_len: int) -> tu
 
 
 @torch.no_grad()
-def generate(
+def generate_stream(
     model: HopeLM,
     idx: torch.Tensor,
     max_new_tokens: int,
@@ -73,15 +87,10 @@ def generate(
     state: list | None = None,
     generator: torch.Generator | None = None,
     learner: TestTimeLearner | None = None,
-) -> tuple[torch.Tensor, list | None]:
-    """Sample ``max_new_tokens`` tokens after ``idx`` [B, T >= 1].
-
-    For memory families, ``state`` is what an earlier call returned, and ``idx`` holds the tokens that come after
-    those the state has seen. Returns ``idx`` followed by the new tokens [B, T + max_new_tokens], and the state
-    after all of them, or None for Transformer++ (see the module docstring). Logits of the padded vocabulary
-    entries are never sampled. ``learner`` (a ``hope.ttl.TestTimeLearner`` of this model) makes the CMS levels
-    learn from the stream as it is read (see the module docstring).
-    """
+    top_p: float | None = None,
+) -> Generator[torch.Tensor, None, list | None]:
+    """``generate`` one token at a time: yields each new token [B, 1] as soon as it is drawn (a caller may stop
+    early, e.g. at EOS) and returns the final state as the generator's value."""
     if idx.shape[1] < 1:
         raise ValueError("generate needs at least one token in idx (e.g. BOS) to condition on.")
     vocab = model.config.vocab_size
@@ -100,11 +109,32 @@ def generate(
         context = idx
         for _ in range(max_new_tokens):
             logits, _ = model(context[:, -model.config.max_seq_len :])
-            context = torch.cat([context, sample(logits[:, -1, :vocab], temperature, top_k, generator)], dim=1)
-        return context, None
+            token = sample(logits[:, -1, :vocab], temperature, top_k, generator, top_p)
+            yield token
+            context = torch.cat([context, token], dim=1)
+        return None
     logits, state = _feed(forward, idx, state, model.config.max_seq_len)
-    tokens = [idx]
     for _ in range(max_new_tokens):
-        tokens.append(sample(logits[:, -1, :vocab], temperature, top_k, generator))
-        logits, state = forward(tokens[-1], state)  # the last one too, so that the state has seen every token
-    return torch.cat(tokens, dim=1), state
+        token = sample(logits[:, -1, :vocab], temperature, top_k, generator, top_p)
+        yield token
+        logits, state = forward(token, state)  # the last one too, so that the state has seen every token
+    return state
+
+
+def generate(model: HopeLM, idx: torch.Tensor, max_new_tokens: int, **sampling) -> tuple[torch.Tensor, list | None]:
+    """Sample ``max_new_tokens`` tokens after ``idx`` [B, T >= 1]; ``sampling`` takes ``generate_stream``'s keyword
+    arguments (``temperature``, ``top_k``, ``top_p``, ``state``, ``generator``, ``learner``).
+
+    For memory families, ``state`` is what an earlier call returned, and ``idx`` holds the tokens that come after
+    those the state has seen. Returns ``idx`` followed by the new tokens [B, T + max_new_tokens], and the state
+    after all of them, or None for Transformer++ (see the module docstring). Logits of the padded vocabulary
+    entries are never sampled. ``learner`` (a ``hope.ttl.TestTimeLearner`` of this model) makes the CMS levels
+    learn from the stream as it is read (see the module docstring).
+    """
+    stream = generate_stream(model, idx, max_new_tokens, **sampling)
+    tokens = [idx]
+    while True:
+        try:
+            tokens.append(next(stream))
+        except StopIteration as done:
+            return torch.cat(tokens, dim=1), done.value

@@ -21,6 +21,7 @@ from hope.layers.attention import CausalSelfAttention
 from hope.layers.hope_block import HopeAttentionBlock, HopeBlock
 from hope.layers.mlp import SwiGLU
 from hope.layers.norm import RMSNorm
+from hope.layers.srwm import SRWMBlock
 from hope.layers.titans import LMMBlock, MACBlock, MAGBlock, MALBlock
 
 
@@ -37,7 +38,9 @@ class TransformerBlock(nn.Module):
         self.mlp = SwiGLU(config.n_embd, config.resolved_intermediate_size)
 
     def forward(self, x: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
-        x = x + self.attn(self.attn_norm(x))
+        """The block's output; no state (the KV cache is dropped: ``hope.generate`` recomputes the context)."""
+        h, _ = self.attn(self.attn_norm(x))
+        x = x + h
         return x + self.mlp(self.mlp_norm(x)), None
 
 
@@ -49,10 +52,13 @@ BLOCKS: dict[str, type[nn.Module]] = {
     "titans-lmm": LMMBlock,
     "hope": HopeBlock,
     "hope-attention": HopeAttentionBlock,
+    "srwm": SRWMBlock,
 }
 
 
 class HopeLM(nn.Module):
+    """Token embedding -> blocks of ``config.family`` -> RMSNorm -> output head; see the module docstring."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -88,6 +94,7 @@ class HopeLM(nn.Module):
         return all(block.carries_state for block in self.blocks)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (tied weights once), without the token embedding if asked."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed.weight.numel() if exclude_embeddings else n
 

@@ -18,6 +18,11 @@ sized preset is within 5% of its name. The ``*-debug`` presets are the 3M-parame
   self-modifying Titans, ~3 d^2 + 10 d^2 / n_head, is close to attention's 4 d^2). Levels learn in context every
   16 / 256 / 4096 tokens and in pretraining every 1 / 4 / 16 optimizer steps (the ``cms_levels`` default): our
   choices.
+- **SRWM** (Irie et al., ICML 2022; the paper has no language-model sizes): the Transformer++ block with the
+  self-referential weight matrix in place of attention. An SRWM layer has d^2 + 3 d^2 / n_head parameters (the
+  output projection and the matrices W_0), against attention's 4 d^2, so the blocks are lighter and the presets
+  deeper: 20 layers at 170M (Transformer++ widths), 24 layers with a 3328-wide MLP at 340M. Exact per-token
+  self-modification (``srwm_chunk_size`` 1).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ _SIZED = {"vocab_size": 32000, "max_seq_len": 4096}  # the Llama-2 vocabulary, 4
 _TITANS_DEBUG = {"memory_depth": 2, "memory_expansion": 2, "memory_chunk_size": 16, "n_persistent": 4}
 _TITANS = {"memory_depth": 2, "memory_expansion": 4, "memory_chunk_size": 64, "n_persistent": 4}
 _HOPE_DEBUG = {"hope_chunk_size": 16, "hope_memory_chunk_size": 16}
+_SMT = {"family": "hope", "hope_safe_step": True}  # the self-modifying Titans family, with its inner-step guard
 
 
 def _cms(hidden: int, tokens: tuple[int, ...] = (16, 256, 4096), steps: tuple[int, ...] = (1, 4, 16)) -> dict:
@@ -214,11 +220,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "intermediate_size": 3328,
     },
     # -- HOPE: self-modifying Titans, then the Continuum Memory System ----------------------------------------------
-    "hope-debug": {**_DEBUG, **_HOPE_DEBUG, "family": "hope", **_cms(128, tokens=(16, 64, 256), steps=(1, 2, 4))},
-    "hope-170m": {**_SIZED, "family": "hope", "n_layer": 16, "n_head": 12, "n_embd": 768, **_cms(768)},
-    "hope-340m": {**_SIZED, "family": "hope", "n_layer": 24, "n_head": 16, "n_embd": 1024, **_cms(768)},
-    "hope-760m": {**_SIZED, "family": "hope", "n_layer": 24, "n_head": 24, "n_embd": 1536, **_cms(1344)},
-    "hope-1.3b": {**_SIZED, "family": "hope", "n_layer": 24, "n_head": 32, "n_embd": 2048, **_cms(1792)},
+    "hope-debug": {**_DEBUG, **_HOPE_DEBUG, **_SMT, **_cms(128, tokens=(16, 64, 256), steps=(1, 2, 4))},
+    "hope-170m": {**_SIZED, **_SMT, "n_layer": 16, "n_head": 12, "n_embd": 768, **_cms(768)},
+    "hope-340m": {**_SIZED, **_SMT, "n_layer": 24, "n_head": 16, "n_embd": 1024, **_cms(768)},
+    "hope-760m": {**_SIZED, **_SMT, "n_layer": 24, "n_head": 24, "n_embd": 1536, **_cms(1344)},
+    "hope-1.3b": {**_SIZED, **_SMT, "n_layer": 24, "n_head": 32, "n_embd": 2048, **_cms(1792)},
     # -- Hope-Attention: global softmax attention, then the Continuum Memory System ---------------------------------
     "hope-attention-debug": {
         **_DEBUG,
@@ -258,5 +264,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_embd": 2048,
         **_cms(1792),
     },
+    # -- SRWM: the self-referential weight matrix in place of attention ------------------------------------------
+    "srwm-debug": {**_DEBUG, "family": "srwm"},
+    "srwm-170m": {**_SIZED, "family": "srwm", "n_layer": 20, "n_head": 12, "n_embd": 768, "intermediate_size": 2304},
+    "srwm-340m": {**_SIZED, "family": "srwm", "n_layer": 24, "n_head": 16, "n_embd": 1024, "intermediate_size": 3328},
 }
 # fmt: on

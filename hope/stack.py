@@ -94,6 +94,7 @@ def stack(transformer: HopeLM, preset: str, mlp_level: int = 0) -> HopeLM:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``hope stack``: build a Hope-Attention model from a Transformer++ checkpoint, save it, say how to train it."""
     parser = argparse.ArgumentParser(
         prog="hope stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

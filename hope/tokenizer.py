@@ -47,19 +47,23 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of pieces in the sentencepiece model (ids 0 .. vocab_size - 1)."""
         return self.processor.vocab_size()
 
     # sentencepiece reports a disabled special token as -1; None makes forgetting to check it fail loudly.
     @property
     def bos_id(self) -> int | None:
+        """Id of the beginning-of-sequence token, or None if the model has none."""
         return _id_or_none(self.processor.bos_id())
 
     @property
     def eos_id(self) -> int | None:
+        """Id of the end-of-sequence token, or None if the model has none."""
         return _id_or_none(self.processor.eos_id())
 
     @property
     def pad_id(self) -> int | None:
+        """Id of the padding token, or None if the model has none."""
         return _id_or_none(self.processor.pad_id())
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:

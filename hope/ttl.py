@@ -12,9 +12,14 @@ next-token loss (summed, so each stream's update is independent of the batch) th
 
 1. ``step`` cuts the input into pieces that never cross an update of the fastest level, so every token of a piece
    reads the same fast weights;
-2. per piece, a forward pass records each CMS layer's input and output y, the loss is taken on the piece's own
-   next-token pairs (tokens seen, no look-ahead), and dL/dy of every CMS layer is backpropagated;
+2. per piece, the model's own forward runs (``HopeLM.forward``, so there is one forward path), with forward hooks
+   that record each CMS layer's input and output y; the loss is taken on the piece's own next-token pairs (tokens
+   seen, no look-ahead), and dL/dy of every CMS layer is backpropagated;
 3. each CMS layer then learns from the piece with ``teach = dL/dy`` (exact: y is the same as in step 2).
+
+Hooks rather than a learning flag in ``HopeLM.forward``: the model stays a plain function of (tokens, state), and
+the learner only observes it. A hook also turns the embedding's output into a detached leaf that requires grad, so
+the forward builds a graph from there to the loss even when every weight is frozen (and none reaches the weights).
 
 The pair (last token of a piece, first token of the next) teaches nothing: its target arrives in the next call,
 after the graph of the previous piece is gone. The fast weights live in the state (per stream), never in the
@@ -23,6 +28,9 @@ model, until ``consolidate``. The in-context steps are not differentiated (no me
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from hope.layers.cms import ContinuumMemory
@@ -30,7 +38,7 @@ from hope.layers.hope_block import HopeState
 from hope.loss import next_token_loss
 from hope.model import HopeLM
 
-__all__ = ["TestTimeLearner"]
+__all__ = ["TestTimeLearner", "change_scale"]
 
 
 class TestTimeLearner:
@@ -79,18 +87,12 @@ class TestTimeLearner:
         return torch.cat(logits, dim=1), state
 
     def _learn(self, idx_BT: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
+        """One piece (steps 2-3 of the module docstring): logits and the advanced, detached state."""
         model = self.model
-        state = state if state is not None else [HopeState(None, None)] * len(model.blocks)
         with torch.enable_grad():
-            x = model.embed(idx_BT).detach().requires_grad_()  # a graph even if the weights are frozen
-            inputs, outputs, mixer_states = [], [], []
-            for block, block_state in zip(model.blocks, state, strict=True):
-                o, mixer_state = block.mix(x, block_state.mixer)
-                x, _ = block.cms(o, block_state.cms)  # learn=False: the fast weights in the state
-                inputs.append(o)
-                outputs.append(x)
-                mixer_states.append(mixer_state)
-            logits = model.head(model.norm(x))
+            with _recording_cms(model) as inputs_outputs:
+                logits, read_state = model(idx_BT, state)  # reads the fast weights; the CMS learn below
+            inputs, outputs = zip(*inputs_outputs, strict=True)
             teach = [None] * len(outputs)
             if self.cms[0].objective == "teach":
                 if idx_BT.shape[1] > 1:
@@ -99,19 +101,66 @@ class TestTimeLearner:
                 else:  # no pair inside the piece: nothing to learn from, but positions still advance
                     teach = [torch.zeros_like(y) for y in outputs]
         new_state = []
-        for block, o, t, mixer_state, block_state in zip(model.blocks, inputs, teach, mixer_states, state, strict=True):
-            _, cms_state = block.cms(o.detach(), block_state.cms, learn=True, teach=t)
-            new_state.append(HopeState(mixer_state, cms_state).detach())
+        for cms, o, t, read in zip(self.cms, inputs, teach, read_state, strict=True):
+            _, cms_state = cms(o.detach(), read.cms, learn=True, teach=t)
+            new_state.append(HopeState(read.mixer, cms_state).detach())
         return logits.detach(), new_state
 
     def discard(self, state: list) -> list:
         """The same streams with the CMS's in-context learning forgotten (the mixers' context is kept)."""
         return [HopeState(s.mixer, None) for s in state]
 
-    def consolidate(self, state: list) -> list:
+    def fresh_context(self, state: list) -> list:
+        """The CMS's in-context learning kept, the mixers' context forgotten (a new document or window)."""
+        return [HopeState(None, s.cms) for s in state]
+
+    def consolidate(self, state: list, max_change: float | None = None) -> list:
         """Write the fast weights into the model (mean over the batch; exact for one stream), so that a deployed
-        model keeps what it learned; returns the state with no pending change (position and partial sums kept)."""
+        model keeps what it learned; returns the state with no pending change (position and partial sums kept).
+        ``max_change`` caps one consolidation per level: the change of each level's (gate, up, down) weights has a
+        Frobenius norm of at most ``max_change`` times theirs (a larger one is scaled down, its direction kept)."""
         return [
-            HopeState(s.mixer, None if s.cms is None else cms.consolidate(s.cms))
+            HopeState(s.mixer, None if s.cms is None else cms.consolidate(_capped(cms, s.cms, max_change)))
             for cms, s in zip(self.cms, state, strict=True)
         ]
+
+
+def change_scale(deltas: list[torch.Tensor], weights: list[torch.Tensor], max_change: float) -> float:
+    """The factor (<= 1) that brings the joint Frobenius norm of ``deltas`` down to ``max_change`` times that of
+    ``weights`` (1 if it is already within it)."""
+    change = sum(float(d.detach().double().pow(2).sum()) for d in deltas) ** 0.5
+    norm = sum(float(w.detach().double().pow(2).sum()) for w in weights) ** 0.5
+    return 1.0 if change <= max_change * norm else max_change * norm / change
+
+
+def _capped(cms: ContinuumMemory, cms_state, max_change: float | None):
+    """``cms_state`` with each level's batch-mean change scaled by ``change_scale`` (unchanged if no cap)."""
+    if max_change is None:
+        return cms_state
+    delta = []
+    for level, d in zip(cms.levels, cms_state.delta, strict=True):
+        if d is not None:
+            scale = change_scale([x.mean(0) for x in d], list(level.weights()), max_change)
+            d = tuple(x * scale for x in d)
+        delta.append(d)
+    return cms_state._replace(delta=tuple(delta))
+
+
+@contextmanager
+def _recording_cms(model: HopeLM) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Within the context, the model's forward records (input, output y) of every block's CMS, in block order,
+    starts its graph at the embedding's output (a detached leaf that requires grad), and only reads the CMS fast
+    weights (a model with ``cms_learn_in_context`` learns here from the learner's objective, not in its forward)."""
+    records: list[tuple[torch.Tensor, torch.Tensor]] = []
+    in_context = [block.cms.learn_in_context for block in model.blocks]
+    handles = [model.embed.register_forward_hook(lambda module, args, out: out.detach().requires_grad_())]
+    for block in model.blocks:
+        handles.append(block.cms.register_forward_hook(lambda module, args, out: records.append((args[0], out[0]))))
+        block.cms.learn_in_context = False
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+        for block, flag in zip(model.blocks, in_context, strict=True):
+            block.cms.learn_in_context = flag

@@ -36,8 +36,8 @@ hope_ckpt_mtime() {
 }
 
 # Print the checkpoint to resume from, or nothing. Candidates under RUN_DIR:
-#   hpc_ckpt_N.ckpt  written on SIGUSR1 (hope.lit.requeue.SlurmRequeue) just before it requeues the job;
-#   last*.ckpt       written by ModelCheckpoint(save_last=...) during training.
+#   hpc_ckpt_N.ckpt  written on SIGUSR1 (hope.lit.requeue.SignalCheckpoint) just before it requeues the job;
+#   last*.ckpt       written by ModelCheckpoint(save_last=...) during training, and on SIGTERM.
 # The newest wins: after a signal-driven requeue that is the hpc checkpoint (Lightning alone would also pick it
 # with ckpt_path=None, but `--ckpt_path last` would not: it only sees ModelCheckpoint files); after a node
 # failure, a crash or a manual resubmit into the same RUN_DIR it is last.ckpt, which Lightning's hpc lookup

@@ -8,6 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Without a GPU, Triton kernels run in Triton's interpreter (tests/ops/test_titans_triton.py). Triton reads this when
+# it is first imported (DeepSpeed imports it too), so it is set here, before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # The test models are tiny: one thread avoids inter-thread synchronisation that costs more than it saves (and
 # makes timings independent of how busy the machine is). Subprocess tests (Slurm, DeepSpeed) choose their own.
 torch.set_num_threads(1)

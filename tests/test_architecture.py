@@ -2,8 +2,9 @@
 
 The layers, bottom to top (a module may import its own layer and the ones below, never one above):
 
-    ops -> config -> layers -> model -> core (data, optim, checkpoint, tokenizer, ttl, generate) -> continual
-        -> lit (Lightning glue) -> evaluation | finetune (neither imports the other) -> commands (cli, convert, stack)
+    ops -> config -> layers -> model -> core (data, optim, checkpoint, tokenizer, ttl, dynamic, online, generate)
+        -> continual -> lit (Lightning glue) -> evaluation | finetune (neither imports the other)
+        -> commands (cli, convert, stack)
 
 Everything up to ``continual`` is the core: it never imports Lightning.
 """
@@ -23,10 +24,22 @@ PACKAGE = ROOT / "hope"
 
 LAYERS = [
     ("ops", ("hope.ops",)),
-    ("config", ("hope.config", "hope.presets")),
+    ("config", ("hope.config", "hope.cms_config", "hope.presets")),
     ("layers", ("hope.layers",)),
     ("model", ("hope.model", "hope.loss")),
-    ("core", ("hope.tokenizer", "hope.data", "hope.optim", "hope.checkpoint", "hope.ttl", "hope.generate")),
+    (
+        "core",
+        (
+            "hope.tokenizer",
+            "hope.data",
+            "hope.optim",
+            "hope.checkpoint",
+            "hope.ttl",
+            "hope.dynamic",
+            "hope.online",
+            "hope.generate",
+        ),
+    ),
     ("continual", ("hope.continual",)),
     ("lit", ("hope.lit",)),
     ("apps", ("hope.evaluation", "hope.finetune")),
@@ -34,8 +47,9 @@ LAYERS = [
 ]
 CORE = {"ops", "config", "layers", "model", "core", "continual"}
 # optional dependencies may be imported where they are used, so that hope works without them
-OPTIONAL = {"flash_attn", "deepspeed", "lm_eval", "matplotlib"}
-OPTIONAL_WRAPPERS = {"hope.evaluation.lm_eval_adapter"}  # modules that import an optional dependency at the top
+OPTIONAL = {"flash_attn", "deepspeed", "lm_eval", "matplotlib", "triton", "fla"}
+# modules that import an optional dependency at the top
+OPTIONAL_WRAPPERS = {"hope.evaluation.lm_eval_adapter", "hope.ops.titans.triton", "hope.ops.titans.gated_delta"}
 MAX_LINES = 400
 
 

@@ -40,7 +40,7 @@ def per_token_reference(cms, x, teach):
         h, objective = x[:, t : t + 1], 0.0
         for level, (gate, up, down) in zip(cms.levels, ws, strict=True):
             u = level.norm(h).detach()
-            objective = objective + (swiglu(u, gate, up, down) - u).pow(2).sum()
+            objective = objective + (swiglu(u, gate, up, down) - u).pow(2).mean(-1).sum()
             h = h + swiglu(level.norm(h), gate, up, down)
         ys.append(h.detach())
         if cms.objective == "teach":
@@ -79,6 +79,24 @@ def test_in_context_learning_equals_the_per_token_loop(objective):
         for W, W_ref in zip(ws, ws_ref, strict=True):
             torch.testing.assert_close(W.detach(), W_ref, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(y_ref[:, 6:], cms(x)[0][:, 6:])  # learning changed the outputs
+
+
+def test_learning_in_every_forward_equals_the_per_token_loop():
+    """learn_in_context: a plain call (no learn flag) learns, level by level, as the per-token reference does, and
+    streams exactly (5 + 8 tokens); its outputs and new state backpropagate to every stored parameter."""
+    cms, x = make("reconstruction", learn_in_context=True), randn(2, 13, D)
+    y_ref, weights_ref = per_token_reference(cms, x, None)
+    y, state = cms(x)
+    y1, half = cms(x[:, :5])
+    y2, state_split = cms(x[:, 5:], half)
+    for actual in (y, torch.cat([y1, y2], dim=1)):
+        torch.testing.assert_close(actual, y_ref, rtol=1e-12, atol=1e-12)
+    for s in (state, state_split):
+        for ws, ws_ref in zip(effective_weights(cms, s), weights_ref, strict=True):
+            for W, W_ref in zip(ws, ws_ref, strict=True):
+                torch.testing.assert_close(W.detach(), W_ref, rtol=1e-12, atol=1e-12)
+    (y.sum() + sum(t.sum() for d in state.delta for t in d)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cms.parameters())
 
 
 def test_learning_keeps_the_outer_graph():
@@ -128,7 +146,7 @@ def test_consolidate_writes_the_fast_weights_into_the_module():
 
 
 def test_reconstruction_learning_lowers_its_objective():
-    cms = ContinuumMemory(D, HIDDEN, (4,), inner_lr=0.01, objective="reconstruction").double()
+    cms = ContinuumMemory(D, HIDDEN, (4,), inner_lr=0.08, objective="reconstruction").double()  # 0.01 x d
     x = randn(1, 8, D)
     state, losses = None, []
     for _ in range(20):

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from hope.config import FAMILIES, ModelConfig
+from hope.data.episodes import EpisodeConfig
 from hope.lit.cli import HopeCLI, build_cli
 from hope.lit.datamodule import TextDataModule
 
@@ -44,6 +45,9 @@ def test_yaml_loads_and_validates(path):
     cli = build_cli(["--config", str(path)], run=False, cli_class=ParseOnly)
     config = cli.config
     model = ModelConfig.from_preset(config.model.preset, **(config.model.overrides or {}))
-    data = TextDataModule(**{k: v for k, v in vars(config.data).items() if not k.startswith("__")})
+    data_args = {k: v for k, v in vars(config.data).items() if not k.startswith("__")}
+    if data_args.get("episodes") is not None:  # a nested dataclass, left as a Namespace by the parse-only CLI
+        data_args["episodes"] = EpisodeConfig(**data_args["episodes"].as_dict())
+    data = TextDataModule(**data_args)
     assert data.seq_len <= model.max_seq_len, f"{path.name}: data.seq_len exceeds model.max_seq_len"
     data.tokenizer.check_fits(model.vocab_size)

@@ -17,7 +17,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from hope.config import ModelConfig  # noqa: E402
 from hope.evaluation.lm_eval_adapter import HopeEvalLM  # noqa: E402
 from hope.evaluation.perplexity import evaluate_perplexity  # noqa: E402
-from hope.evaluation.scoring import continuation_logprobs  # noqa: E402
+from hope.evaluation.scoring import continuation_token_scores, summed  # noqa: E402
 from hope.model import HopeLM  # noqa: E402
 
 DOCS = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n" * 4, "class A:\n    pass\n"]
@@ -57,13 +57,31 @@ def test_methods_match_hope_scorers(checkpoint):
     for (context, continuation), (ll, greedy) in zip(pairs[:2], scores[:2], strict=True):
         ctx = [tok.bos_id] + tok.encode(context, bos=False)
         cont = tok.encode(context + continuation, bos=False)[len(ctx) - 1 :]
-        assert (ll, greedy) == pytest.approx(continuation_logprobs(lm.model, ctx, [cont])[0])
+        assert (ll, greedy) == pytest.approx(summed(continuation_token_scores(lm.model, ctx, [cont]))[0])
     assert scores[2][0] < 0  # an empty context is conditioned on BOS
 
     out = lm.generate_until(
         requests("generate_until", [("x =", {"until": ["\n"], "max_gen_toks": 5})]), disable_tqdm=True
     )
     assert len(out) == 1 and "\n" not in out[0] and len(tok.encode(out[0], bos=False)) <= 5
+
+
+def test_learning_while_reading_matches_hope_eval_perplexity(checkpoint):
+    """dynamic=... / ttl=... model args: rolling log-likelihoods learn along each document, as `hope eval
+    perplexity --state document --dynamic ...` does; test-time learning on a Transformer++ is a clear error."""
+    from hope.dynamic import DynamicConfig
+
+    lm = HopeEvalLM(checkpoint=str(checkpoint), device="cpu", dynamic_lr=3e-3, dynamic_segment=4)
+    rolling = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(d,) for d in DOCS]), disable_tqdm=True)
+    learned = evaluate_perplexity(
+        lm.model, lm.hope_tokenizer, DOCS, "rolling", 16, state="document", progress=False,
+        dynamic=DynamicConfig(lr=3e-3, segment=4),
+    )  # fmt: skip
+    plain = evaluate_perplexity(lm.model, lm.hope_tokenizer, DOCS, "rolling", 16, state="document", progress=False)
+    assert sum(rolling) == pytest.approx(learned["loglikelihood"], rel=1e-6)
+    assert learned["loglikelihood"] != pytest.approx(plain["loglikelihood"], rel=1e-4)
+    with pytest.raises(ValueError, match="no CMS levels"):
+        HopeEvalLM(checkpoint=str(checkpoint), device="cpu", ttl=True)
 
 
 def test_simple_evaluate_with_local_tasks(checkpoint, tmp_path):

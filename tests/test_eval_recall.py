@@ -11,7 +11,7 @@ from torch import nn
 
 from hope.cli import main
 from hope.config import ModelConfig
-from hope.evaluation.recall import associative_sample, evaluate_recall, hay_tokens, needle_sample
+from hope.evaluation.recall import Reading, associative_sample, evaluate_recall, hay_tokens, needle_sample
 from hope.model import HopeLM
 from hope.tokenizer import Tokenizer
 
@@ -79,9 +79,8 @@ def test_copier_scores_what_it_can_see(hay):
         hay=hay,
         pairs=[4, 24],
         pair_samples=1,
-        progress=False,
     )
-    window_only = evaluate_recall(InductionOracle(128, stateful=False), tok, state="carry", **kwargs)
+    window_only = evaluate_recall(InductionOracle(128, stateful=False), tok, reading=Reading(progress=False), **kwargs)
     for kind in ("passkey", "number", "word"):
         rows = window_only["needle"]["by_kind"][kind]
         assert rows["96"]["accuracy"] == 1.0 and rows["320"]["accuracy"] == 0.0  # needle inside / before window
@@ -89,11 +88,13 @@ def test_copier_scores_what_it_can_see(hay):
     assert pairs["4"]["accuracy"] == 1.0 and pairs["24"]["accuracy"] < 1.0
     assert pairs["24"]["context_tokens"] > 128
 
-    memory = evaluate_recall(InductionOracle(128, stateful=True), tok, state="carry", **kwargs)
+    memory = evaluate_recall(InductionOracle(128, stateful=True), tok, reading=Reading(progress=False), **kwargs)
     assert all(row["accuracy"] == 1.0 for rows in memory["needle"]["by_kind"].values() for row in rows.values())
     assert all(row["accuracy"] == 1.0 for row in memory["associative"]["by_pairs"].values())
 
-    reset = evaluate_recall(InductionOracle(128, stateful=True), tok, state="reset", **kwargs)
+    reset = evaluate_recall(
+        InductionOracle(128, stateful=True), tok, reading=Reading(carry=False, progress=False), **kwargs
+    )
     assert reset["needle"]["by_kind"]["passkey"]["320"]["accuracy"] == 0.0  # reset drops what the state would hold
 
 

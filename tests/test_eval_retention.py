@@ -34,8 +34,8 @@ def tiny_model(max_seq_len: int = 64) -> HopeLM:
 
 # -- suites ---------------------------------------------------------------------------------------------------------
 def test_facts_are_seeded_disjoint_and_held_out():
-    tasks = SyntheticFacts(n_tasks=3, people_per_task=2, paraphrases=3, n_candidates=5, seed=7).tasks()
-    again = SyntheticFacts(n_tasks=3, people_per_task=2, paraphrases=3, n_candidates=5, seed=7).tasks()
+    settings = dict(n_tasks=3, people_per_task=2, paraphrases=3, n_candidates=5, test_template="heldout", seed=7)
+    tasks, again = SyntheticFacts(**settings).tasks(), SyntheticFacts(**settings).tasks()
     assert [t.train for t in tasks] == [t.train for t in again]
     assert [t.train for t in tasks] != [t.train for t in SyntheticFacts(n_tasks=3, people_per_task=2, seed=8).tasks()]
     people = [

@@ -1,5 +1,6 @@
 """HOPE and Hope-Attention models: streaming state, config validation, and `hope fit` with per-level optimizers."""
 
+import json
 import shutil
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from hope.cli import main
 from hope.config import ModelConfig
 from hope.model import HopeLM
+from hope.ttl import TestTimeLearner
 from tests.test_cli import fit_args, fit_recording
 
 FAMILIES = ["hope", "hope-attention"]
@@ -50,6 +52,53 @@ def test_backward_reaches_every_parameter(family):
     logits.sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, missing
+
+
+IN_CONTEXT = dict(cms_learn_in_context=True, cms_objective="reconstruction", cms_inner_lr=0.05)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_learning_in_context_is_causal_and_streams_exactly(family):
+    """cms_learn_in_context: perturbing token p leaves every logit before p unchanged (bit for bit) and changes
+    later ones; one call equals two; the levels learn (logits differ from the same weights without it once the
+    fastest level has stepped, at token 4, and not before)."""
+    model = small_model(family, **IN_CONTEXT)
+    idx = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, _ = model(idx)
+        perturbed = idx.clone()
+        perturbed[:, 21] = (perturbed[:, 21] + 1) % 64
+        logits_p, _ = model(perturbed)
+        first, state = model(idx[:, :17])
+        second, _ = model(idx[:, 17:], state)
+        plain = small_model(family)
+        plain.load_state_dict(model.state_dict())
+        logits_plain, _ = plain(idx)
+    assert torch.equal(logits_p[:, :21], logits[:, :21])
+    assert not torch.allclose(logits_p[:, 22:], logits[:, 22:])
+    torch.testing.assert_close(torch.cat([first, second], dim=1), logits, rtol=1e-10, atol=1e-10)
+    assert torch.equal(logits_plain[:, :4], logits[:, :4])
+    assert not torch.allclose(logits_plain[:, 4:], logits[:, 4:])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_learning_in_context_equals_the_test_time_learner_and_trains(family):
+    """The forward's chunk-parallel levels equal hope.ttl's per-piece loop (its own autograd-based code) with the same
+    objective, and the learner restores the flag; the outer loss reaches every parameter through the steps."""
+    model = small_model(family, **IN_CONTEXT)
+    idx = torch.randint(0, 64, (2, 37), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits, _ = model(idx)
+    learned, _ = TestTimeLearner(model, objective="reconstruction").step(idx)
+    torch.testing.assert_close(learned, logits, rtol=1e-10, atol=1e-10)
+    assert all(block.cms.learn_in_context for block in model.blocks)
+    model(idx)[0].logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_learning_in_context_needs_the_local_objective():
+    with pytest.raises(ValueError, match="cms_learn_in_context.*cms_objective: reconstruction"):
+        ModelConfig.from_preset("hope-debug", cms_learn_in_context=True).validate()
 
 
 def test_presets_build_and_are_cpu_sized():
@@ -145,3 +194,14 @@ def test_resume_mid_period_is_exact(tmp_path, text_corpus):
     assert sorted(resumed) == [4, 5, 6]
     for step in (4, 5, 6):
         assert resumed[step] == full[step], f"step {step}: {resumed[step]} != {full[step]}"
+
+
+def test_fit_learns_in_context(tmp_path, text_corpus):
+    """`hope fit` with model.overrides.cms_learn_in_context on CPU: it trains, and the checkpoint's config keeps it."""
+    from hope.checkpoint import load_model
+
+    overrides = json.dumps(json.loads(HOPE_OVERRIDES) | IN_CONTEXT)
+    root = tmp_path / "run"
+    main(fit_args(root, text_corpus, "--model.preset", "hope-debug", "--model.overrides", overrides, steps=3))
+    model = load_model(root / "checkpoints" / "last.ckpt")
+    assert model.config.cms_learn_in_context and all(block.cms.learn_in_context for block in model.blocks)

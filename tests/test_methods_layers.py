@@ -79,3 +79,24 @@ def test_hope_finetuning_keeps_the_cms_level_periods():
 def test_cms_levels_on_a_model_without_cms_says_so():
     with pytest.raises(ValueError, match="has no CMS levels"):
         CMSLevels(levels=[0]).prepare(tiny_model())
+
+
+def test_cms_levels_default_to_every_level_and_a_level_moves_only_on_tasks_as_long_as_its_period():
+    """The module docstring's rule in the retention harness: level l takes steps // steps_per_update updates per
+    task (periods 1, 4, 16 here), and a task's partial sums are dropped at its end."""
+    from hope.continual.method import Task
+    from hope.continual.methods import TaskLoop
+    from hope.tokenizer import Tokenizer
+
+    model, tok = tiny_hope(), Tokenizer.default()
+    task = Task("t", ["def f(x):\n    return x + 1\n"] * 4, test=None)  # one batch per epoch
+    level = {lv: [n for n, _ in model.named_parameters() if f".cms.levels.{lv}." in n] for lv in range(3)}
+    for epochs, moving in ((3, {0}), (4, {0, 1})):
+        method = CMSLevels(loop=TaskLoop(epochs=epochs, batch_size=64, seq_len=32))
+        method.setup(model, tok)
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for ns in level.values() for n in ns}
+        for _ in range(2):  # a second task of as many steps: no partial sum is carried over
+            before = snapshot(model)
+            assert method.learn(model, task, tok)["steps"] == epochs
+            moved = changed(model, before)
+            assert {lv for lv, names in level.items() if set(names) & moved} == moving

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from hope.layers.self_modifying import SelfModifyingState, SelfModifyingTitans
 from hope.ops.self_modifying import naive
+from hope.tokenizer import Tokenizer
 
 D_MODEL, H, C, CM = 16, 2, 3, 4
 
@@ -132,3 +133,42 @@ def test_compiled_chunk_steps_match_eager():
         results.append((y, *flat_state(state), *torch.autograd.grad(loss, list(layer.parameters()))))
     for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def _locale_like_stream(T, d):
+    """Embeddings [1, T, d] of real tokens with long runs of near-repeats: glibc-locale-style ``<U0041>;<U0042>``
+    lines, the text on which a trained HOPE model's memories diverged (README "HOPE", float32 split invariance)."""
+    text = "\n".join(f"        <U{i:04X}>;<U{i + 1:04X}>" for i in range(0x20, 0x20 + T // 8))
+    ids = torch.tensor(Tokenizer.default().encode(text)[:T])
+    table = torch.randn(
+        Tokenizer.default().vocab_size, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    return F.rms_norm(table, (d,))[ids][None]
+
+
+def _trained_scale_layer(safe_step, dtype):
+    """One head of width 32 as measured in the diverging head of a trained hope-debug: eta at max_lr, alpha ~ 1
+    (gate biases 4 and 12), memories 4x their init scale."""
+    torch.manual_seed(0)
+    layer = SelfModifyingTitans(32, 1, chunk_size=16, memory_chunk_size=16, safe_step=safe_step)
+    with torch.no_grad():
+        for W in (layer.projections_W1, layer.projections_W2, layer.memory_W1, layer.memory_W2):
+            W.mul_(4.0)
+        layer.gate_b.copy_(torch.tensor([[4.0, 12.0]]))
+    return layer.to(dtype)
+
+
+def test_float32_stream_stays_with_float64_on_repeated_runs():
+    """safe_step keeps float32 within 1e-3 of float64 over 1K tokens at two splits (so any two splits agree);
+    without it the memory diverges in context and float32 drifts from float64 (the test's sensitivity)."""
+    x = _locale_like_stream(1024, 32)
+    windows = lambda w: list(range(w, x.shape[1], w))  # noqa: E731
+    errors = {}
+    for safe_step in (True, False):
+        with torch.no_grad():
+            reference = stream(_trained_scale_layer(safe_step, torch.float64), x, windows(256))[0]
+            for w in (16, 256) if safe_step else (16,):
+                y = stream(_trained_scale_layer(safe_step, torch.float32), x.float(), windows(w))[0]
+                errors[safe_step, w] = (y.double() - reference).abs().max().item()
+    assert max(errors[True, 16], errors[True, 256]) < 1e-3, errors
+    assert errors[False, 16] > 3e-3, errors

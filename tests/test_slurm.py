@@ -126,14 +126,25 @@ def assert_completed(info: dict[str, str], log: Path) -> None:
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), read_log(log)[-4000:]
 
 
+def submit_pretrain(env: dict[str, str], run_dir: Path, log: Path, args: list[str]) -> str:
+    """slurm/pretrain.sbatch with 2 tasks on the debug config and SMALL settings, plus ``args``."""
+    exports = {"CONFIG": "configs/pretrain/debug.yaml", "RUN_DIR": str(run_dir)}
+    return submit(env, "slurm/pretrain.sbatch", ["--nodes=1", "--ntasks-per-node=2", f"--output={log}"], exports, args)
+
+
+def wait_for_step(env: dict[str, str], job: str, log: Path, steps: str, max_steps: int) -> None:
+    """Until the progress bar shows a step matching the regex ``steps`` (of ``max_steps``): mid-training."""
+    deadline = time.monotonic() + 180
+    while not re.search(rf"Epoch 0:.*\| *({steps})/{max_steps} ", read_log(log)):
+        assert time.monotonic() < deadline, f"training did not reach step {steps}:\n{read_log(log)[-4000:]}"
+        assert job_info(env, job)["JobState"] in ("PENDING", "RUNNING"), read_log(log)[-4000:]
+        time.sleep(0.5)
+
+
 def test_pretrain_two_tasks(slurm_env, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
-    job = submit(
-        slurm_env,
-        "slurm/pretrain.sbatch",
-        ["--nodes=1", "--ntasks-per-node=2", f"--output={log}"],
-        {"CONFIG": "configs/pretrain/debug.yaml", "RUN_DIR": str(run_dir)},
-        [*SMALL, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3"],
+    job = submit_pretrain(
+        slurm_env, run_dir, log, [*SMALL, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3"]
     )
     info = wait_done(slurm_env, job, log)
     assert_completed(info, log)
@@ -153,31 +164,13 @@ def test_requeue_on_signal_resumes(slurm_env, tmp_path):
     """SIGUSR1 to both tasks mid-training: they agree on a step, save hpc_ckpt_1.ckpt, requeue; the rerun resumes.
 
     Two tasks, because that is where saving from inside Lightning's own signal handler could hang (one rank in the
-    save's barrier, the other in a gradient all-reduce); ``hope.lit.requeue.SlurmRequeue`` saves at an agreed step.
+    save's barrier, the other in a gradient all-reduce); ``hope.lit.requeue.SignalCheckpoint`` saves at an agreed step.
     """
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     max_steps = 40
-    job = submit(
-        slurm_env,
-        "slurm/pretrain.sbatch",
-        ["--nodes=1", "--ntasks-per-node=2", f"--output={log}"],
-        {"CONFIG": "configs/pretrain/debug.yaml", "RUN_DIR": str(run_dir)},
-        [
-            *SMALL,
-            "--trainer.max_steps",
-            str(max_steps),
-            "--trainer.val_check_interval",
-            "20",
-            "--trainer.num_sanity_val_steps",
-            "0",
-        ],
-    )
-    # Signal once the progress bar shows step 8 or later, i.e. in the middle of training.
-    deadline = time.monotonic() + 180
-    while not re.search(rf"Epoch 0:.*\| *([89]|[1-3]\d)/{max_steps} ", read_log(log)):
-        assert time.monotonic() < deadline, f"training did not reach step 8:\n{read_log(log)[-4000:]}"
-        assert job_info(slurm_env, job)["JobState"] in ("PENDING", "RUNNING"), read_log(log)[-4000:]
-        time.sleep(0.5)
+    args = ["--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "20"]
+    job = submit_pretrain(slurm_env, run_dir, log, [*SMALL, *args, "--trainer.num_sanity_val_steps", "0"])
+    wait_for_step(slurm_env, job, log, r"[89]|[1-3]\d", max_steps)  # step 8 or later: mid-training
     # To the job steps (the training tasks), as `--signal=SIGUSR1@90` would near the time limit.
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm_env, check=True, timeout=30)
 
@@ -197,6 +190,24 @@ def test_requeue_on_signal_resumes(slurm_env, tmp_path):
     assert f"Restored all states from the checkpoint at {resumed}" in text
     assert global_step(Path(resumed)) >= signalled_at
     assert global_step(run_dir / "checkpoints" / "last.ckpt") == max_steps
+
+
+def test_sigterm_saves_and_fails_the_job(slurm_env, tmp_path):
+    """SIGTERM to both tasks mid-training (what `scancel` and preemption send): they save last.ckpt at one agreed
+    step and exit 143, so the job ends FAILED with exit code 143 instead of COMPLETED, and nothing is lost."""
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    max_steps = 400
+    args = ["--trainer.max_steps", str(max_steps), "--trainer.num_sanity_val_steps", "0"]
+    job = submit_pretrain(slurm_env, run_dir, log, [*SMALL, *args])
+    wait_for_step(slurm_env, job, log, r"[3-9]|\d\d+", max_steps)
+    subprocess.run(["scancel", "--signal=TERM", job], env=slurm_env, check=True, timeout=30)  # to the job steps
+
+    info = wait_done(slurm_env, job, log)
+    text = read_log(log)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "143:0", "0"), text[-4000:]
+    saved = re.search(r"\[hope\] SIGTERM: saved (\S+) at step (\d+)\.", text)
+    assert saved and Path(saved.group(1)) == run_dir / "checkpoints" / "last.ckpt", text[-4000:]
+    assert 3 <= global_step(run_dir / "checkpoints" / "last.ckpt") == int(saved.group(2)) < max_steps
 
 
 def test_sweep_array(slurm_env, tmp_path):

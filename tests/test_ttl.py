@@ -124,6 +124,26 @@ def test_inner_lr_zero_changes_nothing(family):
     assert all(d is None or all(t.abs().max() == 0 for t in d) for s in state for d in s.cms.delta)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frozen_weights_learn_the_same_and_hooks_are_removed(family):
+    """The learner's graph starts at the embedding's output, so frozen weights learn in context alike; its hooks
+    on the model's forward are gone after a step, also after one that failed."""
+    model = small_model(family)
+    idx = torch.randint(0, 64, (1, 12))
+    learner = TestTimeLearner(model, inner_lr=0.05)
+    logits, state = learner.step(idx)
+    model.requires_grad_(False)
+    frozen_logits, frozen_state = learner.step(idx)
+    torch.testing.assert_close(frozen_logits, logits, rtol=0, atol=0)
+    for s, f in zip(state, frozen_state, strict=True):
+        for d, d_frozen in zip(s.cms.delta, f.cms.delta, strict=True):
+            assert d is not None and all(torch.equal(a, b) for a, b in zip(d, d_frozen, strict=True))
+    assert not any(module._forward_hooks for module in model.modules())
+    with pytest.raises(IndexError):
+        learner.step(torch.full((1, 4), 10**6))  # a token outside the vocabulary fails inside the forward
+    assert not any(module._forward_hooks for module in model.modules())
+
+
 def test_rejects_models_without_cms():
     with pytest.raises(ValueError, match="has no CMS levels"):
         TestTimeLearner(HopeLM(ModelConfig(n_layer=1, n_embd=32, n_head=2)))

@@ -21,7 +21,6 @@ hooks in a small loop of its own (settings in ``TaskLoop``). The hooks, in the o
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +95,7 @@ class FinetuneMethod(ContinualMethod):
     def make_optimizer(
         self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
     ) -> torch.optim.Optimizer:
+        """AdamW over ``groups``; a method that brings its own optimizer (SMF: SGD) overrides this."""
         return torch.optim.AdamW(groups, betas=betas, eps=eps)
 
     def build_optimizer(
@@ -122,9 +122,11 @@ class FinetuneMethod(ContinualMethod):
         """Raise if ``hope finetune`` (which has no earlier tasks in hand) lacks a setting the method needs."""
 
     def mix_batch(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """The batch actually trained on at ``step``: ``batch`` unchanged here (replay appends earlier examples)."""
         return batch
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the loss (EWC's quadratic penalty), or None; None here."""
         return None
 
     def before_optimizer_step(self, model: nn.Module, step: int) -> None:
@@ -139,21 +141,26 @@ class FinetuneMethod(ContinualMethod):
 
     # -- checkpoint state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """What a checkpoint keeps to resume exactly; here the number of harness tasks learned so far."""
         return {"tasks_learned": self._tasks_learned}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned (a state without ``tasks_learned`` counts 0 tasks)."""
         self._tasks_learned = state.get("tasks_learned", 0)
 
     # -- the retention harness (ContinualMethod) ---------------------------------------------------------------
     def setup(self, model: nn.Module, tokenizer: Tokenizer) -> None:
+        """Harness setup: ``prepare`` the model, freeze what ``trains`` rejects, then build the data-dependent state."""
         self.prepare(model)
         configure_trainable(model, self.trains)
         self.setup_data(model, tokenizer, self.seq_len_for(model))
 
     def seq_len_for(self, model: nn.Module) -> int:
+        """Training sequence length: ``loop.seq_len`` capped at the model's ``max_seq_len``."""
         return min(self.loop.seq_len, model.config.max_seq_len)
 
     def learn(self, model: nn.Module, task: Task, tokenizer: Tokenizer) -> dict[str, float]:
+        """Train on ``task.train`` for ``loop.epochs`` through the hooks; returns steps, first/last loss, step stats."""
         loop, seq_len = self.loop, self.seq_len_for(model)
         device = next(model.parameters()).device
         constant = OptimConfig(lr=loop.lr, weight_decay=loop.weight_decay, warmup_steps=0, min_lr_ratio=1.0)
@@ -180,10 +187,3 @@ class FinetuneMethod(ContinualMethod):
         self.end_task(model, *text_blocks(task.train, tokenizer, seq_len))
         self._tasks_learned += 1
         return {"steps": float(step), "loss_first": losses[0], "loss_last": losses[-1], **stats}
-
-    def config(self) -> dict:
-        return {
-            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-            for k, v in vars(self).items()
-            if not k.startswith("_")
-        }

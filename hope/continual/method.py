@@ -32,6 +32,7 @@ and also run in ``hope finetune``. The task suites and the harness that drives t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,7 +59,8 @@ class TestSet(Protocol):
     chance: float | None
     """The score of guessing, drawn in plots (``None`` if it has none)."""
 
-    def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float: ...
+    def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float:
+        """Score of ``model`` on this test split given the method's ``context``, in the unit of ``metric``."""
 
 
 @dataclass
@@ -87,5 +89,9 @@ class ContinualMethod:
         return EvalContext()
 
     def config(self) -> dict:
-        """Hyper-parameters for the report: the public attributes set in ``__init__``."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        """Hyper-parameters for the report: the public attributes set in ``__init__`` (dataclasses as dicts)."""
+        return {
+            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            for k, v in vars(self).items()
+            if not k.startswith("_")
+        }

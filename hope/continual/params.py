@@ -31,6 +31,7 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """Whether ``name`` matches at least one of ``patterns`` (globs, or regexes after ``re:``)."""
     return any(matches(name, p) for p in patterns)
 
 

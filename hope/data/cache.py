@@ -40,25 +40,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HOPE_CACHE") or Path.home() / ".cache" / "hope").expanduser()
 
 
-def cache_path(
-    source: str,
-    tokenizer: Tokenizer,
-    cache_dir: str | Path | None = None,
-    val_fraction: float = 0.01,
-    text_field: str = "text",
-    max_documents: int | None = None,
-    max_tokens: int | None = None,
-    field: str = "data.source",
-) -> Path:
-    """The folder where the cache for these settings lives (whether or not it exists yet)."""
+def cache_path(source: str, tokenizer: Tokenizer, options: dict, cache_dir: str | Path | None, field: str) -> Path:
+    """The folder where the cache of ``source`` with these ``options`` (``build_cache``'s keyword settings) and this
+    tokenizer lives, whether or not it exists yet."""
     settings = {
         "format": FORMAT_VERSION,
         "source": source,
         "content": source_fingerprint(source, field),
-        "val_fraction": val_fraction,
-        "text_field": text_field,
-        "max_documents": max_documents,
-        "max_tokens": max_tokens,
+        **options,
         "tokenizer": tokenizer.fingerprint,
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -76,6 +65,7 @@ def build_cache(
     max_documents: int | None = None,
     max_tokens: int | None = None,
     field: str = "data.source",
+    encoding: str | None = None,
 ) -> Path:
     """Tokenize ``source`` into train/val streams unless a cache for these settings exists; return its folder.
 
@@ -88,8 +78,17 @@ def build_cache(
         max_documents: read at most this many documents of the source.
         max_tokens: stop after the document that brings both splits together to this many tokens.
         field: the config field ``source`` came from, for error messages.
+        encoding: codec of local text/JSON files (``None``: UTF-8 or a byte-order mark; ``hope.data.encoding``).
     """
-    final = cache_path(source, tokenizer, cache_dir, val_fraction, text_field, max_documents, max_tokens, field)
+    options = {
+        "val_fraction": val_fraction,
+        "text_field": text_field,
+        "max_documents": max_documents,
+        "max_tokens": max_tokens,
+    }
+    if encoding is not None:  # only when set, so that the caches built before the option existed keep their key
+        options["encoding"] = encoding
+    final = cache_path(source, tokenizer, options, cache_dir, field)
     if (final / "meta.json").is_file():
         return final
     if source_kind(source, field) == "hub" and max_documents is None and max_tokens is None:
@@ -99,17 +98,12 @@ def build_cache(
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must stay readable by others
         t0 = time.perf_counter()
-        docs = iter_documents(source, text_field=text_field, max_documents=max_documents, field=field)
+        docs = iter_documents(source, text_field, max_documents, field, encoding)
         splits = _write_splits(docs, tokenizer, tmp, val_fraction, max_tokens, source)
         meta = {
             "format": FORMAT_VERSION,
             "source": source,
-            "options": {
-                "val_fraction": val_fraction,
-                "text_field": text_field,
-                "max_documents": max_documents,
-                "max_tokens": max_tokens,
-            },
+            "options": options,
             "tokenizer": {"path": str(tokenizer.path), "fingerprint": tokenizer.fingerprint},
             "vocab_size": tokenizer.vocab_size,
             "dtype": token_dtype(tokenizer.vocab_size).name,

@@ -27,17 +27,19 @@ def load_documents(
     max_documents: int | None = None,
     val_fraction: float = 0.01,
     text_field: str = "text",
+    encoding: str | None = None,
 ) -> list[tuple[str, str]]:
     """``(key, text)`` documents of a source (any ``hope.data.sources`` spec), optionally one split of it.
 
     ``split``: ``val``/``train`` keep the documents ``is_validation(key, val_fraction)`` puts in that split (the
     same held-out documents ``hope fit`` validates on with the same ``val_fraction``), ``all`` keeps every one,
     and ``auto`` means ``val`` for the default corpus and ``all`` for anything else. ``max_documents`` counts
-    documents after the split filter. Empty documents are dropped.
+    documents after the split filter. Empty documents are dropped. ``encoding``: codec of local text/JSON files
+    (``None``: UTF-8 or a byte-order mark; see ``hope.data.encoding``).
     """
     split = resolve_split(source, split)
     docs = []
-    for key, text in iter_documents(source, text_field=text_field, field="--source"):
+    for key, text in iter_documents(source, text_field, field="--source", encoding=encoding):
         if split != "all" and is_validation(key, val_fraction) != (split == "val"):
             continue
         if text:

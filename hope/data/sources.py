@@ -7,7 +7,10 @@ A source spec is one of:
   and ``.parquet`` files give one document per row, taken from the ``text_field`` column (default ``"text"``).
   A folder means every matching file under it, recursively, in sorted order. All of them are read with
   ``datasets.load_dataset("text"|"json"|"parquet", data_files=..., streaming=True)``, so local files and
-  hub datasets share one code path and nothing is copied into the ``datasets`` cache.
+  hub datasets share one code path and nothing is copied into the ``datasets`` cache. Text and JSON files must be
+  UTF-8 or carry a byte-order mark, or ``encoding`` must name their codec (``hope.data.encoding``); a line of a
+  ``.jsonl`` file that is not JSON is an error naming the file and the line, and a text column that holds
+  something else than strings an error naming the column and the type.
 - Anything else is a Hugging Face hub dataset: ``name``, ``name:config`` or ``name:config@split``
   (default split ``train``), streamed with ``datasets.load_dataset(name, config, split=..., streaming=True)``.
   A stream can be unbounded: bound it with ``max_documents`` (here) or ``max_tokens`` (in the cache builder).
@@ -25,6 +28,7 @@ the same when files are added, and the document index for other sources.
 """
 
 import hashlib
+import json
 import os
 import sys
 import sysconfig
@@ -33,6 +37,8 @@ from itertools import groupby
 from pathlib import Path
 
 import datasets
+
+from hope.data.encoding import file_encoding
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -128,7 +134,11 @@ def source_fingerprint(spec: str, field: str = "data.source") -> str:
 
 
 def iter_documents(
-    spec: str, text_field: str = "text", max_documents: int | None = None, field: str = "data.source"
+    spec: str,
+    text_field: str = "text",
+    max_documents: int | None = None,
+    field: str = "data.source",
+    encoding: str | None = None,
 ) -> Iterator[Document]:
     """Yield ``(key, text)`` for every document of a source, in a deterministic order.
 
@@ -137,12 +147,13 @@ def iter_documents(
         text_field: column holding the text in json/jsonl/parquet files and hub datasets.
         max_documents: stop after this many documents (``None``: all of them).
         field: the config field the spec came from, for error messages.
+        encoding: codec of local text/JSON files (``None``: UTF-8, or what a byte-order mark says).
     """
     kind = source_kind(spec, field)
     if kind == "default":
         docs = _default_documents()
     elif kind == "local":
-        docs = _local_documents(local_files(Path(spec).expanduser(), field), text_field)
+        docs = _local_documents(local_files(Path(spec).expanduser(), field), text_field, encoding, field)
     else:
         docs = hub_documents(spec, text_field, field)
     for i, doc in enumerate(docs):
@@ -157,22 +168,53 @@ def _default_documents() -> Iterator[Document]:
         yield rel, path.read_text(encoding="utf-8", errors="replace")
 
 
-def _local_documents(files: list[Path], text_field: str) -> Iterator[Document]:
+def _local_documents(files: list[Path], text_field: str, encoding: str | None, field: str) -> Iterator[Document]:
     index = 0
     # Empty files hold no documents, and datasets' json builder crashes on them (StopIteration).
     files = [p for p in files if p.stat().st_size > 0]
-    # One load_dataset call per run of files of the same type, keeping the sorted file order.
-    for builder, group in groupby(files, key=lambda p: _BUILDERS[p.suffix]):
+    codecs = {p: None if _BUILDERS[p.suffix] == "parquet" else file_encoding(p, encoding, field) for p in files}
+    # One load_dataset call per run of files of the same type and encoding, keeping the sorted file order.
+    for (builder, codec), group in groupby(files, key=lambda p: (_BUILDERS[p.suffix], codecs[p])):
         data_files = [str(p) for p in group]
+        kwargs = {"encoding": codec, "encoding_errors": "replace"} if codec is not None else {}
         if builder == "text":
-            kwargs = {"sample_by": "document", "keep_linebreaks": True, "encoding_errors": "replace"}
-        else:
-            kwargs = {}
+            kwargs |= {"sample_by": "document", "keep_linebreaks": True}
         ds = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True, **kwargs)
         column = "text" if builder == "text" else text_field
-        for text in _texts(ds, column, ", ".join(data_files)):
-            yield str(index), text
-            index += 1
+        try:
+            for text in _texts(ds, column, ", ".join(data_files)):
+                yield str(index), text
+                index += 1
+        except ValueError as err:  # pyarrow's ArrowInvalid is one: name the file and line instead
+            if builder != "json" or (bad := _first_bad_json_line(data_files, codec)) is None:
+                raise
+            raise ValueError(bad) from err
+
+
+def _first_bad_json_line(files: list[str], codec: str) -> str | None:
+    """``FILE, line N: ...`` for the first line of these JSON Lines files that is not a JSON object, or None."""
+    for name in files:
+        with open(name, encoding=codec, errors="replace") as f:
+            if f.read(1) == "[":
+                continue  # one JSON array, not JSON Lines: pyarrow's own message stands
+            f.seek(0)
+            for number, line in enumerate(f, start=1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    problem = f"not valid JSON ({err.msg} at column {err.colno})"
+                else:
+                    if isinstance(row, dict):
+                        continue
+                    problem = f"a JSON {type(row).__name__}, not an object"
+                return (
+                    f"{name}, line {number}: {problem}: {line[:80]!r}. Fix: each line of a .jsonl file must "
+                    'be one JSON object such as {"text": "..."}; repair or delete that line.'
+                )
+    return None
 
 
 def hub_documents(spec: str, text_field: str = "text", field: str = "data.source") -> Iterator[Document]:
@@ -191,15 +233,21 @@ def hub_documents(spec: str, text_field: str = "text", field: str = "data.source
 
 
 def _texts(ds, column: str, where: str) -> Iterator[str]:
-    """The ``column`` of every row of a streamed dataset, with a clear error if the column is missing."""
-    for row in ds:
+    """The ``column`` of every row of a streamed dataset, with a clear error if the column is missing or holds
+    something else than text (``None`` counts as an empty document)."""
+    for number, row in enumerate(ds):
         if column not in row:
             raise ValueError(
                 f"data.text_field={column!r}: no such column in {where} (columns: {sorted(row)}). "
                 f"Fix: set data.text_field to the column that holds the text."
             )
         text = row[column]
-        yield "" if text is None else str(text)
+        if text is not None and not isinstance(text, str):
+            raise ValueError(
+                f"data.text_field={column!r} in {where}: row {number} holds a {type(text).__name__} "
+                f"({str(text)[:40]!r}), not text. Fix: set data.text_field to a column of strings."
+            )
+        yield text or ""
 
 
 def _digest(s: str) -> str:

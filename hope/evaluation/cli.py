@@ -1,11 +1,17 @@
 """``hope eval``: perplexity, sequential-task retention, long-context recall, lm-evaluation-harness.
 
     hope eval perplexity --checkpoint runs/debug/checkpoints/last.ckpt --out runs/eval/ppl.json
+    hope eval perplexity --checkpoint runs/hope-debug/checkpoints/last.ckpt --state document --ttl     # learns
+    hope eval perplexity --checkpoint ... --state carry --dynamic.lr 1e-4                              # any family
     hope eval retention  --checkpoint ... --suite SyntheticFacts --method EpochFinetune --out_dir runs/eval/facts
+    hope eval retention  --checkpoint ... --suite LocalDomains --suite.paths '[a/, b/]' --method TestTimeLearning
     hope eval recall     --checkpoint ... --lengths '[512, 1024, 2048]' --out_dir runs/eval/recall
+    hope eval in-context-retention --checkpoint ... --out_dir runs/eval/in-context   # models meta-trained on episodes
     hope eval lm-eval    --model hope --model_args checkpoint=... --tasks wikitext     # lm_eval's own arguments
 
-Each subcommand is a function below; its docstring is its ``--help`` (jsonargparse, as litgpt's CLI).
+Each subcommand is a function below; its docstring is its ``--help`` (jsonargparse, as litgpt's CLI). A bare
+``--ttl`` or ``--dynamic`` turns learning while reading on with its defaults (``--ttl.inner_lr 1e-3`` and the
+like turn it on with those settings).
 """
 
 from __future__ import annotations
@@ -17,18 +23,21 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import CLI, lazy_instance
+from jsonargparse import CLI, lazy_instance, set_docstring_parse_options
 from torch.utils.tensorboard import SummaryWriter
 
 from hope.continual.method import ContinualMethod
 from hope.continual.methods import EpochFinetune  # and every method, so --method takes their class names
 from hope.data.documents import load_documents, resolve_split
+from hope.dynamic import DynamicConfig
+from hope.evaluation.in_context import in_context_retention
 from hope.evaluation.loading import load_for_eval
 from hope.evaluation.perplexity import evaluate_perplexity
 from hope.evaluation.plots import draw_perplexity_by_position, draw_recall, save_figure
-from hope.evaluation.recall import KINDS, evaluate_recall
+from hope.evaluation.recall import KINDS, Reading, evaluate_recall
 from hope.evaluation.retention import SyntheticFacts, TaskSuite
 from hope.evaluation.retention.harness import format_summary, general_perplexity_set, run_retention, write_outputs
+from hope.online import TTLConfig
 
 # jsonargparse builds these lazily, so each run gets fresh instances configured from the command line.
 DEFAULT_SUITE = lazy_instance(SyntheticFacts)
@@ -49,10 +58,13 @@ def perplexity(
     bucket_size: int = 256,
     val_fraction: float = 0.01,
     text_field: str = "text",
+    encoding: str | None = None,
     device: str | None = None,
     out: str | None = None,
     plot: str | None = None,
     progress: bool = True,
+    ttl: TTLConfig | None = None,
+    dynamic: DynamicConfig | None = None,
 ) -> None:
     """Perplexity, bits per byte and word perplexity of a checkpoint, and perplexity by position in the document.
 
@@ -71,18 +83,27 @@ def perplexity(
             strided: the HF guide's ``max_length`` (its last token is only a label).
         stride: strided protocol: tokens between window starts (default ``window // 2``).
         state: the model's recurrent state across windows and documents: ``reset``, ``carry``, or ``document``
-            (rolling only: carried within a document, reset between documents).
+            (rolling only: carried within a document, reset between documents). With ``--ttl``/``--dynamic``
+            what was learned is part of the state: it lasts one window, one document or the whole stream.
         bucket_size: tokens per position bucket in the perplexity-by-position table and plot.
         val_fraction: validation share used to split the source (``hope fit``'s ``data.val_fraction``).
         text_field: column with the text in json/parquet/hub sources.
+        encoding: codec of local text/JSON files (default: UTF-8, or what a byte-order mark says).
         device: ``cpu``, ``cuda``, ...; default: CUDA if available.
         out: write the JSON report here (and the plot beside it, as ``.png``).
         plot: write the perplexity-by-position PNG here (default: ``out`` with ``.png``).
         progress: show a progress bar.
+        ttl: test-time learning (hope, hope-attention): the CMS levels learn from every token after scoring it;
+            ``--ttl`` alone, or ``--ttl.inner_lr``, ``--ttl.objective teach|reconstruction``,
+            ``--ttl.consolidate true`` (write the fast weights into the model at each document's end; rolling,
+            ``--state document|carry``) and ``--ttl.max_change`` (cap of one consolidation per level).
+        dynamic: dynamic evaluation (every family; Krause et al.): gradient steps on all weights, each segment
+            scored before it is learned from; ``--dynamic`` alone, or ``--dynamic.lr``, ``--dynamic.rule
+            rms|sgd``, ``--dynamic.segment`` (tokens per step), ``--dynamic.decay`` (pull toward the start).
     """
     model, tok = load_for_eval(checkpoint, tokenizer, device)
     split = resolve_split(source, split)
-    docs = load_documents(source, split, max_documents, val_fraction, text_field)
+    docs = load_documents(source, split, max_documents, val_fraction, text_field, encoding)
     report = {
         "checkpoint": str(checkpoint),
         "model": model.config.name,
@@ -93,20 +114,37 @@ def perplexity(
     }
     report.update(
         evaluate_perplexity(
-            model, tok, [text for _, text in docs], protocol, window, stride, state, bucket_size, progress
+            model, tok, [text for _, text in docs], protocol, window, stride, state, bucket_size, progress, ttl, dynamic
         )
     )
-    print(
-        f"[hope] {report['documents']} documents, {report['tokens']} tokens: token perplexity "
-        f"{report['token_perplexity']:.3f}, bits/byte {report['bits_per_byte']:.4f}, word perplexity "
-        f"{report['word_perplexity']:.3f} ({protocol}, window {report['window']}, state {state})"
-    )
+    learning = "test-time learning" if ttl else "dynamic evaluation" if dynamic else "no learning"
+    print(format_perplexity(report, protocol, state, learning))
     if out is not None:
         _write_json(report, out)
     plot = plot or (str(Path(out).with_suffix(".png")) if out else None)
     if plot is not None:
         save_figure(draw_perplexity_by_position, report, plot)
         print(f"[hope] plot: {plot}")
+
+
+WORD_TOKENS_MAX = 3.0
+"""Tokens per whitespace word above which word perplexity is not a headline figure (prose has ~1.3-2; code ~8)."""
+
+
+def format_perplexity(report: dict, protocol: str, state: str, learning: str = "no learning") -> str:
+    """The headline line: token perplexity and bits per byte, and word perplexity where words are the text's
+    units (at most ``WORD_TOKENS_MAX`` tokens per word). The JSON report keeps every figure."""
+    per_word = report["tokens"] / max(report["words"], 1)
+    word = (
+        f", word perplexity {report['word_perplexity']:.3f}"
+        if per_word <= WORD_TOKENS_MAX
+        else f" (word perplexity left out: {per_word:.1f} tokens per whitespace word, not prose; it is in the JSON)"
+    )
+    return (
+        f"[hope] {report['documents']} documents, {report['tokens']} tokens: token perplexity "
+        f"{report['token_perplexity']:.3f}, bits/byte {report['bits_per_byte']:.4f}{word} "
+        f"({protocol}, window {report['window']}, state {state}, {learning})"
+    )
 
 
 def retention(
@@ -129,12 +167,17 @@ def retention(
 
     Args:
         checkpoint: the starting model (``.ckpt`` of ``hope fit`` or ``hope finetune``, or ``.safetensors``).
-        suite: the task sequence: ``SyntheticFacts`` (facts about fictional people; accuracy) or
-            ``DomainSequence`` (standard-library packages; perplexity), with ``--suite.OPTION value``.
+        suite: the task sequence, with ``--suite.OPTION value``: ``SyntheticFacts`` (facts about fictional people;
+            accuracy ± standard error), ``DomainSequence`` (standard-library packages; perplexity),
+            ``LocalDomains`` (your folders or files of text, ``--suite.paths '[dir_a, dir_b]'``; perplexity) or
+            ``ClassIncremental``.
         method: how tasks are learned, with ``--method.OPTION value``: ``EpochFinetune`` (full finetuning, flat
-            options ``--method.lr``, ``epochs``, ...), ``InContext``, any ``hope.continual.methods`` class by name
-            (``FullFinetune``, ``LoRA``, ``EWC``, ``Replay``, ``SparseMemoryFinetune``, ...; options
-            ``--method.loop.lr`` ...), or any ``ContinualMethod`` subclass by import path.
+            options ``--method.lr``, ``epochs``, ...), ``InContext``, ``TestTimeLearning`` (HOPE's CMS learn while
+            reading the text; ``--method.ttl.inner_lr``, ``--method.ttl.consolidate true``,
+            ``--method.ttl.max_change``), ``DynamicEvaluation`` (any family; ``--method.dynamic.lr``,
+            ``--method.max_change``), any ``hope.continual.methods`` class by name (``FullFinetune``, ``LoRA``,
+            ``EWC``, ``Replay``, ``CMSLevels``, ``SparseMemoryFinetune``, ...; options ``--method.loop.lr`` ...), or
+            any ``ContinualMethod`` subclass by import path.
         tokenizer: sentencepiece ``.model``; default: the checkpoint's, else the default tokenizer.
         general_tokens: tokens of the default corpus's validation split scored as the general metric
             (perplexity, before and after); 0 skips it.
@@ -177,6 +220,8 @@ def recall(
     device: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    ttl: TTLConfig | None = None,
+    dynamic: DynamicConfig | None = None,
 ) -> None:
     """Long-context recall: needle-in-a-haystack retrieval and multi-query associative recall (exact match).
 
@@ -198,6 +243,10 @@ def recall(
         device: ``cpu``, ``cuda``, ...; default: CUDA if available.
         seed: every needle, key and value follows from it.
         progress: show progress bars.
+        ttl: test-time learning (hope, hope-attention) while reading each prompt, afresh per prompt: ``--ttl``
+            alone, or ``--ttl.inner_lr``, ``--ttl.objective`` (as ``hope eval perplexity``; no consolidation).
+        dynamic: dynamic evaluation (every family) while reading each prompt, afresh per prompt: ``--dynamic``
+            alone, or ``--dynamic.lr``, ``--dynamic.rule``, ``--dynamic.segment``, ``--dynamic.decay``.
     """
     model, tok = load_for_eval(checkpoint, tokenizer, device)
     report = {"checkpoint": str(checkpoint), "model": model.config.name}
@@ -212,10 +261,7 @@ def recall(
             hay,
             [4, 16, 64] if pairs is None else pairs,
             pair_samples,
-            state,
-            window,
-            seed,
-            progress,
+            Reading(window, state == "carry", seed, progress, ttl, dynamic),
         )
     )
     print(format_recall(report))
@@ -225,6 +271,7 @@ def recall(
 
 
 def format_recall(report: dict) -> str:
+    """Text of a recall report: needle accuracy by kind and context length, associative recall by number of pairs."""
     lines = []
     if "needle" in report:
         lengths = report["needle"]["lengths"]
@@ -258,14 +305,30 @@ def lm_eval(argv: Sequence[str]) -> None:
     run_lm_eval(list(argv))
 
 
-DESCRIPTION = """Evaluate hope checkpoints. Subcommands: perplexity, retention, recall (below), and
+DESCRIPTION = """Evaluate hope checkpoints. Subcommands: perplexity, retention, recall, in_context_retention
+(also spelled in-context-retention; below), and
 lm-eval: lm-evaluation-harness's own arguments with the `hope` model registered
 (hope eval lm-eval --model hope --model_args checkpoint=PATH --tasks TASKS)."""
 
 
+def bare_flags(args: list[str], names: Sequence[str] = ("--ttl", "--dynamic")) -> list[str]:
+    """``--ttl`` / ``--dynamic`` without a value (last, or before another option) as ``--ttl {}``: on, defaults."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in names and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            out.append("{}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """``hope eval``: ``lm-eval`` goes to lm-evaluation-harness, the rest to the perplexity/retention/recall CLI."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("lm-eval", "lm_eval"):
         lm_eval(args[1:])
         return
-    CLI([perplexity, retention, recall], args=args, description=DESCRIPTION, prog="hope eval")
+    if args and args[0] == "in-context-retention":
+        args[0] = "in_context_retention"
+    set_docstring_parse_options(attribute_docstrings=True)  # --ttl.help, --dynamic.help show the fields' docstrings
+    commands = [perplexity, retention, recall, in_context_retention]
+    CLI(commands, args=bare_flags(args), description=DESCRIPTION, prog="hope eval")

@@ -14,6 +14,16 @@ lm-evaluation-harness issue #3282), so importing this module registers the class
 ``loglikelihood_rolling`` and reset between documents, lm-eval's "each document separately"; ``reset``: every
 window starts fresh), ``max_gen_toks`` (default 256).
 
+Learning while reading (``hope.online``): ``ttl=true`` (HOPE's CMS levels learn in context; ``ttl_inner_lr``,
+``ttl_objective``) or ``dynamic=true`` (dynamic evaluation, every family; ``dynamic_lr``, ``dynamic_rule``,
+``dynamic_segment``, ``dynamic_decay``); any ``ttl_*`` / ``dynamic_*`` key alone turns it on. Every token is scored
+before anything learns from it. A rolling log-likelihood learns along its document (with ``state=document``; per
+window with ``reset``), a ``loglikelihood`` request along its context and each continuation on its own, and
+generation along its prompt; every request starts from the checkpoint's weights::
+
+    hope eval lm-eval --model hope --model_args checkpoint=...,ttl=true,ttl_inner_lr=1e-3 --tasks wikitext
+    hope eval lm-eval --model hope --model_args checkpoint=...,dynamic_lr=1e-4 --tasks wikitext
+
 Requests are scored with ``hope.evaluation.scoring``, so ``loglikelihood_rolling`` here and ``hope eval
 perplexity --protocol rolling`` give the same numbers. Every context starts with BOS, as training documents do
 (lm-eval itself adds one only to empty contexts), and padded logits are excluded. Generation is greedy and has
@@ -32,7 +42,8 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from hope.evaluation.loading import load_for_eval
-from hope.evaluation.scoring import continuation_logprobs, read_context, rolling_windows, score_windows
+from hope.evaluation.scoring import continuation_token_scores, read_context, rolling_windows, score_windows, summed
+from hope.online import learning_from_args, online_model
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +61,7 @@ class HopeEvalLM(TemplateLM):
         state: str = "document",
         max_gen_toks: int = 256,
         **kwargs,
-    ) -> None:  # lm-eval also passes batch_size, max_batch_size, ...: not needed here
+    ) -> None:  # kwargs: ttl*/dynamic* (see the module docstring); lm-eval's batch_size, ...: not needed here
         super().__init__()
         if state not in ("document", "reset"):
             raise ValueError(f"state={state!r}: choose 'document' or 'reset'")
@@ -59,6 +70,10 @@ class HopeEvalLM(TemplateLM):
             log.warning("device=%r but CUDA is not available: using the CPU", device)
             device = "cpu"
         self.model, self.hope_tokenizer = load_for_eval(checkpoint, tokenizer, device)
+        ttl, dynamic = learning_from_args(kwargs)
+        if ttl is not None and ttl.consolidate:
+            raise ValueError("ttl_consolidate: lm-eval scores every request on its own; nothing is consolidated")
+        self.reader = online_model(self.model, ttl, dynamic)  # the model itself without learning
         self.max_length = int(max_length or self.model.config.max_seq_len)
         if self.max_length > self.model.config.max_seq_len:
             raise ValueError(f"max_length={self.max_length} exceeds the model's max_seq_len")
@@ -67,6 +82,7 @@ class HopeEvalLM(TemplateLM):
     # -- tokenization ------------------------------------------------------------------------------------------
     @property
     def eot_token_id(self) -> int:
+        """End-of-text id for lm-eval: the tokenizer's EOS, or BOS if it has none."""
         tok = self.hope_tokenizer
         return tok.eos_id if tok.eos_id is not None else tok.bos_id
 
@@ -77,13 +93,16 @@ class HopeEvalLM(TemplateLM):
         return tok.bos_id if tok.bos_id is not None else self.eot_token_id
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        """Token ids of ``string``, with BOS in front only when lm-eval asks for special tokens."""
         return self.hope_tokenizer.encode(string, bos=bool(add_special_tokens))
 
     def tok_decode(self, tokens: list[int], **kwargs) -> str:
+        """Text of the token ids ``tokens``."""
         return self.hope_tokenizer.decode(tokens)
 
     @property
     def tokenizer_name(self) -> str:
+        """Path of the SentencePiece model, which lm-eval records as the tokenizer's name."""
         return str(self.hope_tokenizer.path)
 
     # -- scoring -----------------------------------------------------------------------------------------------
@@ -97,7 +116,9 @@ class HopeEvalLM(TemplateLM):
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for context, indices in tqdm(groups.items(), desc="loglikelihood", disable=disable_tqdm):
             continuations = [requests[i][2] for i in indices]
-            scores = continuation_logprobs(self.model, list(context), continuations, window=self.max_length)
+            scores = summed(
+                continuation_token_scores(self.reader, list(context), continuations, window=self.max_length)
+            )
             for i, (ll, greedy) in zip(indices, scores, strict=True):
                 results[i] = (ll, greedy)
                 if self.cache_hook is not None:
@@ -111,7 +132,7 @@ class HopeEvalLM(TemplateLM):
             (string,) = request.args
             seq = [self.prefix_token_id] + self.tok_encode(string)
             scored = score_windows(
-                self.model, seq, rolling_windows(len(seq), self.max_length), carry=self.state == "document"
+                self.reader, seq, rolling_windows(len(seq), self.max_length), carry=self.state == "document"
             )
             ll = float(scored.logprobs.sum())
             out.append(ll)
@@ -140,8 +161,8 @@ class HopeEvalLM(TemplateLM):
         generated: list[int] = []
         device = next(self.model.parameters()).device
         for _ in range(max_new):
-            window, state = read_context(self.model, prompt + generated, self.max_length, None)
-            logits, _ = self.model(torch.tensor([window], device=device), state)
+            window, state = read_context(self.reader, prompt + generated, self.max_length, None)
+            logits, _ = self.reader(torch.tensor([window], device=device), state)
             next_id = int(logits[0, -1, : self.model.config.vocab_size].argmax())
             if next_id == self.eot_token_id:
                 break

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from hope.checkpoint import load_any
+from hope.checkpoint import load_any, run_checkpoint
 from hope.tokenizer import Tokenizer
 
 
@@ -35,6 +35,7 @@ def resolve_tokenizer(checkpoint: str | Path | None, tokenizer: str | None = Non
 
 
 def default_device() -> str:
+    """``"cuda"`` when a GPU is available, else ``"cpu"``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -42,8 +43,10 @@ def load_for_eval(checkpoint: str | Path, tokenizer: str | None = None, device: 
     """``(model in eval mode on device, tokenizer)``; the tokenizer must fit the model's vocabulary.
 
     ``checkpoint``: a ``hope fit`` or ``hope finetune`` ``.ckpt`` (memory layers rebuilt, LoRA adapters merged, a
-    trainable-only checkpoint's frozen weights read from its ``init_from``), or a ``.safetensors`` file.
+    trainable-only checkpoint's frozen weights read from its ``init_from``), a ``.safetensors`` file, or a run
+    directory (its newest complete checkpoint, normally ``checkpoints/last.ckpt``).
     """
+    checkpoint = run_checkpoint(checkpoint)
     model = load_any(checkpoint).to(device or default_device())
     tok = resolve_tokenizer(checkpoint, tokenizer)
     tok.check_fits(model.config.vocab_size)

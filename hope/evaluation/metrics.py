@@ -85,6 +85,7 @@ def count_words(text: str) -> int:
 
 
 def count_bytes(text: str) -> int:
+    """Length of ``text`` in UTF-8 bytes (the denominator of bits per byte and byte perplexity)."""
     return len(text.encode("utf-8"))
 
 

@@ -14,6 +14,13 @@ window to window and document to document (every token read once, in order; see 
 ``document`` (rolling only) carries it within a document and resets it at each new one. A Transformer++ has no
 state, so the three agree for it up to float rounding.
 
+Learning while reading (``hope.online``): with ``ttl`` (HOPE's CMS levels learn in context) or ``dynamic`` (dynamic
+evaluation: every weight steps on each scored segment), every token is scored before anything learns from it, and
+what was learned is part of the state, so ``state`` also says how long it lasts: one window (``reset``), one
+document (``document``) or the whole stream (``carry``). ``ttl.consolidate`` (rolling, ``document`` or ``carry``)
+writes the fast weights into the model at the end of every document, capped by ``ttl.max_change``, so what a
+document taught outlives it. The model is restored when the evaluation ends.
+
 Reported: token perplexity (over the scored tokens), bits per byte, byte and word perplexity (over the UTF-8
 bytes and lm-eval words of the documents' text; see ``hope.evaluation.metrics``), and perplexity by the target's
 position in its document (the number of document tokens before it), in buckets of ``bucket_size`` tokens.
@@ -30,8 +37,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hope.dynamic import DynamicConfig
 from hope.evaluation import metrics
 from hope.evaluation.scoring import Window, rolling_windows, score_windows, strided_windows
+from hope.online import TTLConfig, learning, learning_settings
 from hope.tokenizer import Tokenizer
 
 PROTOCOLS = ("strided", "rolling")
@@ -48,11 +57,13 @@ class Totals:
         self.bucket_n = np.zeros(0, dtype=np.int64)
 
     def add_text(self, text: str) -> None:
+        """Count one document and its UTF-8 bytes and lm-eval words."""
         self.documents += 1
         self.bytes += metrics.count_bytes(text)
         self.words += metrics.count_words(text)
 
     def add_scores(self, logprobs: torch.Tensor, positions: np.ndarray) -> None:
+        """Add scored tokens' log-probs [N] to the totals and to the buckets of their document positions [N]."""
         lp = logprobs.numpy()
         self.loglikelihood += float(lp.sum())
         self.tokens += len(lp)
@@ -65,6 +76,7 @@ class Totals:
         np.add.at(self.bucket_n, buckets, 1)
 
     def report(self) -> dict:
+        """Totals and metrics: token/byte/word perplexity, bits per byte, and perplexity by position bucket."""
         ll = self.loglikelihood
         if self.tokens == 0:
             raise ValueError("no tokens were scored: the documents are empty after tokenization")
@@ -116,8 +128,11 @@ def evaluate_perplexity(
     state: str = "reset",
     bucket_size: int = 256,
     progress: bool = True,
+    ttl: TTLConfig | None = None,
+    dynamic: DynamicConfig | None = None,
 ) -> dict:
-    """Score ``texts`` with ``model``; returns the report dict (see the module docstring)."""
+    """Score ``texts`` with ``model``, learning while it reads with ``ttl`` or ``dynamic``; returns the report dict
+    (see the module docstring)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: choose one of {PROTOCOLS}")
     if state not in STATES:
@@ -132,6 +147,12 @@ def evaluate_perplexity(
         raise ValueError(f"stride={stride} must be in 1..window-1={window - 1} (window={window})")
     if bucket_size < 1:
         raise ValueError(f"bucket_size={bucket_size} must be >= 1")
+    consolidate = ttl is not None and ttl.consolidate
+    if consolidate and (protocol != "rolling" or state == "reset"):
+        raise ValueError(
+            f"ttl.consolidate happens at each document's end: it needs protocol='rolling' and state 'document' or "
+            f"'carry' (got protocol={protocol!r}, state={state!r})"
+        )
     was_training = model.training
     model.eval()
     started = time.perf_counter()
@@ -139,16 +160,18 @@ def evaluate_perplexity(
     token_lists = tokenizer.encode_batch(list(texts), bos=False)
     for text in texts:
         totals.add_text(text)
-    if protocol == "strided":
-        _strided(model, tokenizer, token_lists, window, stride, state, totals, progress)
-    else:
-        _rolling(model, tokenizer, token_lists, window, state, totals, progress)
+    with learning(model, ttl, dynamic) as reader:
+        if protocol == "strided":
+            _strided(reader, tokenizer, token_lists, window, stride, state, totals, progress)
+        else:
+            _rolling(reader, tokenizer, token_lists, window, state, totals, progress, consolidate, ttl)
     model.train(was_training)
     settings = {
         "protocol": protocol,
         "window": window,
         "stride": stride if protocol == "strided" else None,
         "state": state,
+        **learning_settings(ttl, dynamic),
     }
     return {**settings, **totals.report(), "seconds": round(time.perf_counter() - started, 3)}
 
@@ -165,7 +188,7 @@ def _strided(model, tokenizer, token_lists, window, stride, state, totals, progr
     totals.add_scores(scored.logprobs, positions[1:])
 
 
-def _rolling(model, tokenizer, token_lists, window, state, totals, progress) -> None:
+def _rolling(model, tokenizer, token_lists, window, state, totals, progress, consolidate=False, ttl=None) -> None:
     prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     if prefix is None:
         raise ValueError("the rolling protocol needs a BOS or EOS id to predict each document's first token")
@@ -182,5 +205,5 @@ def _rolling(model, tokenizer, token_lists, window, state, totals, progress) -> 
                 carry=state != "reset",
                 on_window=lambda w: bar.update(w.n_new),
             )
-            carried = scored.state
+            carried = model.consolidate(scored.state, ttl.max_change) if consolidate else scored.state
             totals.add_scores(scored.logprobs, np.arange(len(tokens)))

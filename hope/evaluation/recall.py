@@ -26,17 +26,21 @@ drops them for every model (the context-window-only reference).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from hope.data.sources import default_corpus_files, is_validation
+from hope.dynamic import DynamicConfig
 from hope.evaluation.retention.tasks import encode_pair
 from hope.evaluation.scoring import continuation_token_scores, rolling_windows, score_windows
+from hope.online import TTLConfig, learning, learning_settings
 from hope.tokenizer import Tokenizer
 
 KINDS = ("passkey", "number", "word")
@@ -46,6 +50,7 @@ _SYLLABLES = ["ba", "ko", "ri", "tu", "mel", "zan", "po", "ve", "lin", "dor", "s
 
 
 def pseudo_word(rng: random.Random) -> str:
+    """A random three-syllable nonsense word (keys and values of the ``number``/``word`` needles)."""
     return "".join(rng.choice(_SYLLABLES) for _ in range(3))
 
 
@@ -106,6 +111,22 @@ def needle_sample(
     return intro + piece[:at] + needle_ids + piece[at:] + query, answer_ids
 
 
+@dataclass
+class Reading:
+    """How the recall tests read a prompt: forward passes of ``window`` tokens (None: the model's max_seq_len); with
+    ``carry`` the tokens before the last window go into the model's recurrent state, without it they are dropped.
+    ``seed`` fixes every needle, key and value; ``progress`` shows progress bars. ``ttl`` / ``dynamic``: the model
+    learns while it reads each prompt (``hope.online``; every token scored before it is learned from), starting
+    afresh at every prompt."""
+
+    window: int | None = None
+    carry: bool = True
+    seed: int = 0
+    progress: bool = True
+    ttl: TTLConfig | None = None
+    dynamic: DynamicConfig | None = None
+
+
 @torch.no_grad()
 def evaluate_needles(
     model: nn.Module,
@@ -114,18 +135,15 @@ def evaluate_needles(
     lengths: Sequence[int],
     depths: Sequence[float],
     samples: int,
-    hay: str = "default",
-    state: str = "carry",
-    window: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
+    hay: str,
+    reading: Reading,
 ) -> dict:
     """Exact-match accuracy per kind, length and depth (``samples`` needles each)."""
-    window = window or model.config.max_seq_len
+    window, seed = reading.window, reading.seed
     hay_ids = hay_tokens(tokenizer, 2 * max(lengths), hay, seed)
     by_kind: dict = {}
     total = len(kinds) * len(lengths) * len(depths) * samples
-    with tqdm(total=total, desc="needles", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc="needles", disable=not reading.progress, dynamic_ncols=True) as bar:
         for kind in kinds:
             by_kind[kind] = {}
             for length in lengths:
@@ -138,7 +156,7 @@ def evaluate_needles(
                         if sample is None:
                             raise ValueError(f"length {length} is too short for a {kind} needle and its question")
                         prompt, answer = sample
-                        if state == "reset":
+                        if not reading.carry:
                             prompt = prompt[-(window + 1 - len(answer)) :]
                         lp, greedy = continuation_token_scores(model, prompt, [answer], window=window)[0]
                         hits += bool(greedy.all())
@@ -191,25 +209,17 @@ def associative_sample(tokenizer: Tokenizer, n_pairs: int, rng: random.Random) -
 
 @torch.no_grad()
 def evaluate_associative(
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    pairs: Sequence[int],
-    samples: int,
-    state: str = "carry",
-    window: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
+    model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[int], samples: int, reading: Reading
 ) -> dict:
     """Per ``n_pairs``: share of queries whose value is recalled exactly (greedy), over ``samples`` sequences."""
-    window = window or model.config.max_seq_len
     by_pairs = {}
-    for n in tqdm(pairs, desc="associative recall", disable=not progress, dynamic_ncols=True):
-        rng = random.Random(f"{seed}/mqar/{n}")
+    for n in tqdm(pairs, desc="associative recall", disable=not reading.progress, dynamic_ncols=True):
+        rng = random.Random(f"{reading.seed}/mqar/{n}")
         hits = token_hits = count = n_tokens = length = 0
         for _ in range(samples):
             tokens, targets = associative_sample(tokenizer, n, rng)
             length = len(tokens)
-            scored = score_windows(model, tokens, rolling_windows(len(tokens), window), carry=state == "carry")
+            scored = score_windows(model, tokens, rolling_windows(len(tokens), reading.window), carry=reading.carry)
             hits += sum(bool(scored.greedy[t].all()) for t in targets)
             token_hits += sum(int(scored.greedy[t].sum()) for t in targets)
             count += len(targets)
@@ -233,29 +243,30 @@ def evaluate_recall(
     hay: str = "default",
     pairs: Sequence[int] = (4, 16, 64),
     pair_samples: int = 4,
-    state: str = "carry",
-    window: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
+    reading: Reading | None = None,
 ) -> dict:
-    """Both recall tests; returns the report dict (accuracy tables)."""
-    if state not in ("carry", "reset"):
-        raise ValueError(f"state={state!r}: choose 'carry' or 'reset'")
-    window = window or model.config.max_seq_len
-    if window > model.config.max_seq_len:
-        raise ValueError(f"window={window} exceeds the model's max_seq_len={model.config.max_seq_len}")
+    """Both recall tests (``kinds`` empty skips the needles, ``pairs`` empty the associative recall); returns the
+    report dict (accuracy tables)."""
+    reading = reading or Reading()
+    reading = dataclasses.replace(reading, window=reading.window or model.config.max_seq_len)
+    if reading.window > model.config.max_seq_len:
+        raise ValueError(f"window={reading.window} exceeds the model's max_seq_len={model.config.max_seq_len}")
+    if reading.ttl is not None and reading.ttl.consolidate:
+        raise ValueError("ttl.consolidate: recall learns each prompt afresh (a consolidated needle would leak)")
     started = time.perf_counter()
     was_training = model.training
     model.eval()
-    report = {"window": window, "state": state, "seed": seed}
-    if kinds:
-        report["needle"] = evaluate_needles(
-            model, tokenizer, kinds, lengths, depths, samples, hay, state, window, seed, progress
-        )
-    if pairs:
-        report["associative"] = evaluate_associative(
-            model, tokenizer, pairs, pair_samples, state, window, seed, progress
-        )
+    report = {
+        "window": reading.window,
+        "state": "carry" if reading.carry else "reset",
+        "seed": reading.seed,
+        **learning_settings(reading.ttl, reading.dynamic),
+    }
+    with learning(model, reading.ttl, reading.dynamic) as reader:
+        if kinds:
+            report["needle"] = evaluate_needles(reader, tokenizer, kinds, lengths, depths, samples, hay, reading)
+        if pairs:
+            report["associative"] = evaluate_associative(reader, tokenizer, pairs, pair_samples, reading)
     model.train(was_training)
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report

@@ -13,8 +13,13 @@ earlier positions of the window are context only (the HF guide's ``-100`` labels
 Recurrent state (``logits, state = model(idx, state)``). With ``carry=True`` the model reads every token exactly
 once, in order: window k starts from the state after ``s[:begin_k]``. When windows overlap, that state is
 obtained by an extra pass over ``s[begin_k:begin_{k+1}]`` from window k's starting state. With ``carry=False``
-each window starts from ``state`` as given (``None``: fresh). Models whose state is all ``None`` (Transformer++)
-skip the extra passes.
+each window starts from ``state`` as given (``None``: fresh). Models that carry no state past a window
+(Transformer++, Hope-Attention: ``is_stateful``) skip the extra passes and read every window afresh.
+
+A model that learns while it reads (``hope.online``: test-time learning, dynamic evaluation) is read the same way:
+what it learned is part of its state, so with ``carry=True`` window k starts from what was learned from exactly
+``s[:begin_k]`` (an overlap is re-read from window k's starting state, never learned twice) and, with
+``carry=False``, every window learns from scratch.
 
 Logits are over the padded vocabulary; the padded ids can never be targets, so they are sliced off before the
 softmax (``model.config.vocab_size``): an untrained head then spreads probability over real tokens only, and a
@@ -29,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from hope.online import OnlineLM
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ def rolling_windows(n_tokens: int, window: int) -> list[Window]:
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameters."""
     return next(model.parameters()).device
 
 
@@ -97,6 +105,7 @@ def real_vocab_logits(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
 
 
 def is_stateless(state: list | None) -> bool:
+    """Whether ``state`` carries nothing: None, or a list of only None (e.g. a Transformer++'s per-block state)."""
     return state is None or all(s is None for s in state)
 
 
@@ -105,7 +114,11 @@ _STATEFUL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 @torch.no_grad()
 def is_stateful(model: nn.Module) -> bool:
-    """Whether the model returns a recurrent state (probed once with a one-token input, then cached)."""
+    """Whether the model returns a recurrent state that carries a stream past its window (probed once with a
+    one-token input, then cached). A model whose blocks carry none (``carries_state`` False: Transformer++, and
+    Hope-Attention, whose KV cache ends at ``max_seq_len``) is read window by window, each window afresh."""
+    if not getattr(model, "carries_state", True):
+        return False
     if model not in _STATEFUL:
         _, state = model(torch.zeros(1, 1, dtype=torch.long, device=model_device(model)))
         _STATEFUL[model] = not is_stateless(state)
@@ -160,7 +173,7 @@ def score_windows(
     n_targets = max(len(s) - 1, 0)
     logprobs = torch.zeros(n_targets, dtype=torch.float64, device=s.device)
     greedy = torch.zeros(n_targets, dtype=torch.bool, device=s.device)
-    start_state, stateless = state, None
+    start_state, stateless = state, not is_stateful(model)
     for k, w in enumerate(windows):
         lp, hit, end_state = forward_logprobs(
             model, s[None, w.begin : w.end], s[None, w.begin + 1 : w.end + 1], start_state if carry else state
@@ -169,7 +182,6 @@ def score_windows(
         greedy[w.end - w.n_new : w.end] = hit[0, -w.n_new :]
         if on_window is not None:
             on_window(w)
-        stateless = is_stateless(end_state) if stateless is None else stateless
         if not carry or stateless:
             continue
         # The next window must start from the state after s[:next_begin]; after the last one, after all of s.
@@ -189,20 +201,6 @@ def score_windows(
 
 
 @torch.no_grad()
-def continuation_logprobs(
-    model: nn.Module,
-    context: Sequence[int],
-    continuations: Sequence[Sequence[int]],
-    state: list | None = None,
-    window: int | None = None,
-) -> list[tuple[float, bool]]:
-    """``(sum log p(continuation | context), every token greedy)`` for each continuation of one context
-    (lm-eval's ``loglikelihood`` answer); see ``continuation_token_scores``."""
-    scores = continuation_token_scores(model, context, continuations, state, window)
-    return [(float(lp.sum()), bool(hit.all())) for lp, hit in scores]
-
-
-@torch.no_grad()
 def continuation_token_scores(
     model: nn.Module,
     context: Sequence[int],
@@ -215,7 +213,9 @@ def continuation_token_scores(
     The continuation plus as much of the context as fits go into one final window of at most ``window``
     tokens (default: the model's ``max_seq_len``); the context before that window is read into the state first
     (for stateful models; a Transformer++ simply does not see it). Continuations are scored in one batch when
-    the state is stateless, one by one otherwise (a state cannot be broadcast without knowing its layout).
+    the state is stateless, one by one otherwise (a state cannot be broadcast without knowing its layout), and
+    always one by one when the model learns while it reads (``hope.online.OnlineLM``): each continuation is then
+    read from the same context, and learning from one cannot reach another's scores.
     """
     window = window or model.config.max_seq_len
     context = list(context)
@@ -227,7 +227,7 @@ def continuation_token_scores(
     # Context tokens in the final window (its input is context tail + continuation[:-1]); the rest go to the state.
     tail, state = read_context(model, context, window + 1 - longest, state)
     rows = [tail + list(c) for c in continuations]
-    if is_stateless(state):
+    if is_stateless(state) and not isinstance(model, OnlineLM):
         return _batched_continuations(model, rows, [len(c) for c in continuations])
     results = []
     for row, c in zip(rows, continuations, strict=True):
@@ -248,3 +248,9 @@ def _batched_continuations(model, rows: list[list[int]], lengths: list[int], sta
         stop = len(r) - 1  # right padding comes after every scored position, so causality keeps it harmless
         out.append((lp[i, stop - n : stop].cpu(), hit[i, stop - n : stop].cpu()))
     return out
+
+
+def summed(token_scores: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[float, bool]]:
+    """``(sum log p(continuation | context), every token greedy)`` per continuation (lm-eval's ``loglikelihood``
+    answer) from ``continuation_token_scores``."""
+    return [(float(lp.sum()), bool(hit.all())) for lp, hit in token_scores]

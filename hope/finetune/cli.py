@@ -23,7 +23,10 @@ SUBCOMMANDS = ("fit", "validate", "test")
 class FinetuneCLI(HopeCLI):
     """``HopeCLI`` over ``FinetuneLitModule``, with the ``method:`` section passed to the model."""
 
+    prog = "hope finetune"
+
     def add_arguments_to_parser(self, parser) -> None:
+        """Add the ``method:`` section (a ``FinetuneMethod``, default ``FullFinetune``), linked to ``model.method``."""
         super().add_arguments_to_parser(parser)
         parser.add_subclass_arguments(
             FinetuneMethod, "method", required=False, default={"class_path": "hope.continual.methods.FullFinetune"}
@@ -32,8 +35,9 @@ class FinetuneCLI(HopeCLI):
 
 
 def main(argv: Sequence[str] | None = None, run: bool = True) -> FinetuneCLI:
-    """Run ``hope finetune [fit|validate|test] ARGS``; ``fit`` when no subcommand is given."""
+    """Run ``hope finetune [fit|validate|test] ARGS``; ``fit`` when no subcommand is given (``--help`` too: the
+    finetune options)."""
     args = list(argv or [])
-    if not args or args[0] not in SUBCOMMANDS and args[0] not in ("-h", "--help"):
+    if not args or args[0] not in SUBCOMMANDS:
         args = ["fit", *args]
     return build_cli(args if run else args[1:], run=run, cli_class=FinetuneCLI, model_class=FinetuneLitModule)

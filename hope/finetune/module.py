@@ -93,12 +93,14 @@ class FinetuneLitModule(HopeLitModule):
 
     # -- data state and checks -----------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        """Build the method's missing data state (EWC Fisher, SMF background, replay pools), then check it."""
         datamodule = self.trainer.datamodule
         self.method.setup_data(self.model, datamodule.tokenizer, datamodule.seq_len)
         self.method.check_finetune()
 
     # -- training ------------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss (next-token + penalty) of the method's mixed batch; logs train/loss, ppl, penalty and the top lr."""
         batch = self.method.mix_batch(batch, self.global_step)
         loss, lm_loss, penalty = step_loss(self.method, self.model, batch)
         self.log("train/loss", lm_loss, prog_bar=True)
@@ -110,16 +112,19 @@ class FinetuneLitModule(HopeLitModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        """Run the method's gradient hook and log its ``step_stats`` as ``train/*``, then the base gradient norms."""
         self.method.before_optimizer_step(self.model, self.global_step)
         for key, value in self.method.step_stats().items():
             self.log(f"train/{key}", value)
         super().on_before_optimizer_step(optimizer)
 
     def configure_optimizers(self):
+        """The method's optimizer and schedule (``FinetuneMethod.build_optimizer``) with the ``group_lr`` patterns."""
         return self.method.build_optimizer(self.model, self.optim, self.total_steps(), self.group_lr)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop frozen weights if ``save_weights`` is ``trainable``; add the method, its structure and its state."""
         super().on_save_checkpoint(checkpoint)
         if self.save_weights == "trainable":
             frozen = {f"model.{n}" for n, _ in self.model.named_parameters() if n not in self.trainable}
@@ -138,6 +143,8 @@ class FinetuneLitModule(HopeLitModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse non-finetune checkpoints; fill frozen weights from ``init_from`` (checked); restore the method."""
+        super().on_load_checkpoint(checkpoint)
         info = checkpoint.get("finetune")
         if info is None:
             raise ValueError(

@@ -1,0 +1,1 @@
+"""Building blocks of the models: attention, RoPE, norm, MLP, LoRA, product-key memory, Titans and HOPE layers."""

@@ -26,15 +26,24 @@ The inner objective is open in the paper (Eq. 31's f is "the error component of 
   signals are stale by the updates made inside the call.
 * ``"reconstruction"``: a layer-local objective that needs nothing from the model (e.g. while generating, when
   the next token is unknown): each level's SwiGLU branch is an associative memory with key = value = its
-  normalised input u (Titans' k = v = x simplification), objective ||SwiGLU_l(u) - u||^2, u held fixed, so no
-  gradient crosses levels (Nested Learning's gradient separation). On the residual sum it would be ||SwiGLU(u)||^2,
-  whose minimum is the zero map, hence the branch.
+  normalised input u (Titans' k = v = x simplification), objective ||SwiGLU_l(u) - u||^2 / d (the mean over
+  features, so that one inner lr suits any width: the sum's gradients grow with |u|^2 ~ d, and at d = 128 an inner
+  lr of 1e-3 on the sum blew a trained model's levels up within 256 tokens), u held fixed, so no gradient crosses
+  levels (Nested Learning's gradient separation). On the residual sum it would be ||SwiGLU(u)||^2, whose minimum
+  is the zero map, hence the branch.
+
+In pretraining (``learn_in_context=True``, ``ModelConfig.cms_learn_in_context``) every forward learns: each
+level runs ``hope.ops.cms.learn_level`` on the ``reconstruction`` objective (the one a forward can compute: the
+``teach`` signal of chunk i would need the whole network's loss on chunk i before chunk i + 1 may be read, i.e.
+T / C sequential forward-backward passes, or a second, stale pass), level by level, T / C^(l) steps each, and the
+outer loss differentiates through the steps. ``learn=True`` (the test-time learner's call) takes precedence.
 
 Only the SwiGLU matrices learn in context; the norm gains are outer-loop only. The in-context change lives in a
 per-stream :class:`CMSState` (``delta`` per level, [B, out, in] per matrix, plus the partial gradient sums and the
 stream position), so the stored weights are untouched: discard the state to forget, or ``consolidate(state)`` to
-write it into the weights (a deployed model that keeps learning). The in-context updates themselves are not
-differentiated (no meta-gradient through them); y still carries the outer-loop graph to the parameters.
+write it into the weights (a deployed model that keeps learning). The updates of ``learn=True`` are not
+differentiated (no meta-gradient through them; y still carries the outer-loop graph to the parameters); those of
+``learn_in_context`` are.
 """
 
 from collections.abc import Sequence
@@ -46,6 +55,7 @@ from torch import nn
 
 from hope.layers.mlp import SwiGLU
 from hope.layers.norm import RMSNorm
+from hope.ops.cms import learn_level
 
 __all__ = ["ContinuumMemory", "CMSState", "OBJECTIVES"]
 
@@ -92,6 +102,7 @@ class ContinuumMemory(nn.Module):
         objective: in-context objective, "teach" or "reconstruction".
         norm: pre-norm (RMSNorm) before each level's SwiGLU.
         norm_eps: RMSNorm epsilon.
+        learn_in_context: every forward learns in context on the "reconstruction" objective (module docstring).
     """
 
     def __init__(
@@ -103,6 +114,7 @@ class ContinuumMemory(nn.Module):
         objective: str = "teach",
         norm: bool = True,
         norm_eps: float = 1e-6,
+        learn_in_context: bool = False,
     ):
         super().__init__()
         L = len(periods)
@@ -110,7 +122,7 @@ class ContinuumMemory(nn.Module):
         self.inner_lr = [inner_lr] * L if isinstance(inner_lr, int | float) else list(inner_lr)
         if objective not in OBJECTIVES or min(periods, default=0) < 1 or not len(hidden) == len(self.inner_lr) == L:
             raise ValueError(f"need objective in {OBJECTIVES}, periods >= 1 and one hidden/inner_lr per level")
-        self.periods, self.objective = list(periods), objective
+        self.periods, self.objective, self.learn_in_context = list(periods), objective, learn_in_context
         self.levels = nn.ModuleList(_Level(d_model, h, norm, norm_eps) for h in hidden)
 
     def level_parameters(self) -> list[list[nn.Parameter]]:
@@ -140,9 +152,12 @@ class ContinuumMemory(nn.Module):
         """x [B, T, d_model] -> (y [B, T, d_model], state).
 
         ``learn=False`` reads the state's weights (the stored ones if ``state`` is None) and returns the state
-        unchanged. ``learn=True`` also learns from these tokens (``teach`` [B, T, d_model] = dL/dy is required
-        for the "teach" objective) and returns the advanced state.
+        unchanged, unless the module learns in context (``learn_in_context``). ``learn=True`` also learns from these
+        tokens (``teach`` [B, T, d_model] = dL/dy is required for the "teach" objective) and returns the advanced
+        state.
         """
+        if not learn and self.learn_in_context:
+            return self._learn_in_context(x, self.init_state() if state is None else state)
         if not learn:
             delta = (None,) * len(self.levels) if state is None else state.delta
             return self._chain(x, [self._weights(lv, d) for lv, d in enumerate(delta)])[0], state
@@ -166,6 +181,15 @@ class ContinuumMemory(nn.Module):
             start = end
         return torch.cat(ys, dim=1), CMSState(tuple(delta), tuple(grad_sum), pos)
 
+    def _learn_in_context(self, x: torch.Tensor, state: CMSState) -> tuple[torch.Tensor, CMSState]:
+        """Eq. 30 while every level learns on its local objective, one level after the other (hope.ops.cms)."""
+        h, delta, grad_sum = x, list(state.delta), list(state.grad_sum)
+        for lv, level in enumerate(self.levels):
+            rule = (state.position, self.periods[lv], self.inner_lr[lv])
+            y, delta[lv], grad_sum[lv] = learn_level(level.norm(h), level.weights(), delta[lv], grad_sum[lv], *rule)
+            h = h + y
+        return h, CMSState(tuple(delta), tuple(grad_sum), state.position + x.shape[1])
+
     def _segment(self, x, delta, teach):
         """y of a segment at fixed weights and the per-stream gradients [B, out, in] of its summed objective."""
         outer = torch.is_grad_enabled()
@@ -181,7 +205,7 @@ class ContinuumMemory(nn.Module):
                 objective = (y * teach).sum()
             else:  # each level's branch reconstructs its own fixed input
                 pairs = zip(inputs, weights, strict=True)
-                objective = sum((_swiglu(u.detach(), *ws) - u.detach()).pow(2).sum() for u, ws in pairs)
+                objective = sum((_swiglu(u.detach(), *ws) - u.detach()).pow(2).mean(-1).sum() for u, ws in pairs)
             flat = torch.autograd.grad(objective, [W for ws in weights for W in ws], retain_graph=outer)
         grads = [flat[3 * lv : 3 * lv + 3] for lv in range(len(weights))]
         return (y if outer else y.detach()), grads

@@ -3,15 +3,16 @@
 - ``hope``: o = x + SMT(RMSNorm(x)), y = CMS(o). SMT is the self-modifying Titans (``hope.layers.self_modifying``),
   whose memories learn in context every chunk; CMS is ``hope.layers.cms.ContinuumMemory``.
 - ``hope-attention``: the same block with the SMT replaced by global causal softmax attention (the Transformer++
-  attention of ``hope.layers.attention``, with a KV cache for streaming).
+  attention of ``hope.layers.attention``, whose KV cache streams it).
 
 The CMS already has a pre-norm and a residual per level (h <- h + SwiGLU_l(RMSNorm_l(h))), so it is not wrapped in
 another residual: with one level it *is* the Transformer++ MLP sub-layer, which is what ad-hoc level stacking
 (``hope.stack``) relies on.
 
-State: ``HopeState(mixer, cms)``. ``forward`` reads the CMS fast weights in ``state.cms`` but never changes them;
-learning them in context needs the model's loss and is driven by ``hope.ttl.TestTimeLearner``, which calls
-``mix`` and ``cms`` separately.
+State: ``HopeState(mixer, cms)``. ``forward`` reads the CMS fast weights in ``state.cms``; it changes them only
+with ``cms_learn_in_context`` (a layer-local objective, in every forward). Learning them from the model's loss is
+driven by ``hope.ttl.TestTimeLearner``, which runs the model's forward and records each ``cms``'s input and output
+with forward hooks.
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ import torch
 from torch import nn
 
 from hope.config import ModelConfig
-from hope.layers.attention import CausalSelfAttention
+from hope.layers.attention import CausalSelfAttention, KVCache
 from hope.layers.cms import CMSState, ContinuumMemory
 from hope.layers.norm import RMSNorm
-from hope.layers.rope import apply_rope
 from hope.layers.self_modifying import SelfModifyingTitans
-from hope.layers.titans.attention import masked_attention
-from hope.ops.attention import causal_attention
 
-__all__ = ["HopeBlock", "HopeAttentionBlock", "HopeState", "KVCache", "build_cms"]
+__all__ = ["HopeBlock", "HopeAttentionBlock", "HopeState", "build_cms"]
 
 
 def _detach(x: Any) -> Any:
@@ -41,20 +39,6 @@ def _detach(x: Any) -> Any:
     if hasattr(x, "detach"):
         return x.detach()
     return type(x)(*(_detach(v) for v in x)) if hasattr(x, "_fields") else type(x)(_detach(v) for v in x)
-
-
-class KVCache(NamedTuple):
-    """Streaming state of the Hope-Attention mixer: rotated keys and values of the tokens so far."""
-
-    keys: torch.Tensor
-    """rotated keys [B, H, S, D] (the last sliding_window - 1 only, if a window is set)"""
-    values: torch.Tensor
-    """values [B, H, S, D]"""
-    position: int
-    """stream position of the next token"""
-
-    def detach(self) -> KVCache:
-        return KVCache(self.keys.detach(), self.values.detach(), self.position)
 
 
 class HopeState(NamedTuple):
@@ -69,6 +53,7 @@ class HopeState(NamedTuple):
 
 
 def build_cms(config: ModelConfig) -> ContinuumMemory:
+    """The CMS of a HOPE block: ``config.cms_levels``' widths and in-context periods (tokens), pre-norm levels."""
     return ContinuumMemory(
         config.n_embd,
         config.resolved_cms_hidden,
@@ -77,6 +62,7 @@ def build_cms(config: ModelConfig) -> ContinuumMemory:
         objective=config.cms_objective,
         norm=True,
         norm_eps=config.norm_eps,
+        learn_in_context=config.cms_learn_in_context,
     )
 
 
@@ -86,12 +72,14 @@ class _HopeBlockBase(nn.Module):
     cms: ContinuumMemory
 
     def mix(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """o = x + mixer(RMSNorm(x)) and the mixer's new state."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, state: HopeState | None = None) -> tuple[torch.Tensor, HopeState]:
+        """y = CMS(mix(x)) with the CMS fast weights of ``state`` (learned here only with cms_learn_in_context)."""
         mixer_state, cms_state = (None, None) if state is None else state
         o, mixer_state = self.mix(x, mixer_state)
-        y, cms_state = self.cms(o, cms_state)  # reads the fast weights; learning is hope.ttl's job
+        y, cms_state = self.cms(o, cms_state)  # learning from the loss is hope.ttl's job
         return y, HopeState(mixer_state, cms_state)
 
 
@@ -114,7 +102,9 @@ class HopeBlock(_HopeBlockBase):
             adaptive_q=config.hope_adaptive_q,
             max_lr=config.memory_max_lr,
             max_grad_norm=config.memory_max_grad_norm,
+            safe_step=config.hope_safe_step,
             compile=config.memory_compile,
+            recompute=config.memory_recompute,
         )
         self.cms = build_cms(config)
 
@@ -123,6 +113,7 @@ class HopeBlock(_HopeBlockBase):
         self.mixer.reset_memory_parameters()
 
     def mix(self, x, state):
+        """o = x + SelfModifyingTitans(RMSNorm(x)), continuing the memories in ``state``."""
         h, state = self.mixer(self.mixer_norm(x), state)
         return x + h, state
 
@@ -131,7 +122,7 @@ class HopeAttentionBlock(_HopeBlockBase):
     """o = x + Attention(RMSNorm(x)); y = CMS(o). Parameter names match TransformerBlock's attention
     (``attn_norm``, ``attn.qkv``, ``attn.proj``) so a Transformer++ checkpoint maps onto it (``hope.stack``).
 
-    ``carries_state`` is False: the KV cache grows with the stream and RoPE tables end at max_seq_len, so
+    ``carries_state`` is False: the KV cache grows with the stream and RoPE was trained up to max_seq_len, so
     ``hope.generate`` recomputes windows for it as for Transformer++. Explicit streaming works up to max_seq_len."""
 
     carries_state = False
@@ -143,31 +134,13 @@ class HopeAttentionBlock(_HopeBlockBase):
         self.cms = build_cms(config)
         self.max_seq_len = config.max_seq_len
 
-    def mix(self, x, cache: KVCache | None):
-        a = self.attn
-        B, T, _ = x.shape
-        pos = 0 if cache is None else cache.position
-        if pos + T > self.max_seq_len:
+    def mix(self, x: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, KVCache]:
+        """o = x + Attention(RMSNorm(x)), continuing the stream in the KV cache."""
+        end = x.shape[1] + (0 if cache is None else cache.position)
+        if end > self.max_seq_len:
             raise ValueError(
-                f"hope-attention stream position {pos + T} exceeds model.max_seq_len={self.max_seq_len} (full KV "
-                "cache, RoPE tables); start a new state or raise max_seq_len."
+                f"hope-attention stream position {end} exceeds model.max_seq_len={self.max_seq_len} (full KV "
+                "cache, RoPE past the trained length); start a new state or raise max_seq_len."
             )
-        q, k, v = a.qkv(self.attn_norm(x)).view(B, T, 3, a.n_head, a.head_dim).permute(2, 0, 3, 1, 4)
-        cos, sin = a.rope.tables(pos + T, x.device)
-        q, k = apply_rope(q, cos[pos:], sin[pos:]), apply_rope(k, cos[pos:], sin[pos:])
-        if cache is None:  # start of a stream: the Transformer++ kernel, bit-identical to CausalSelfAttention
-            y = causal_attention(q, k, v, a.window, a.backend)
-            keys, values = k, v
-        else:
-            keys, values = torch.cat([cache.keys, k], dim=2), torch.cat([cache.values, v], dim=2)
-            q_pos = torch.arange(pos, pos + T, device=x.device)
-            k_pos = torch.arange(pos + T - keys.shape[2], pos + T, device=x.device)
-            delta = q_pos[:, None] - k_pos[None, :]
-            allowed = (delta >= 0) & (delta < a.window if a.window is not None else True)
-            backend = "naive" if a.backend == "naive" else "sdpa"
-            y = masked_attention(q, keys, values, allowed, a.head_dim**-0.5, backend)
-        if a.window is not None:
-            keep = min(a.window - 1, keys.shape[2])
-            keys, values = keys[:, :, keys.shape[2] - keep :], values[:, :, values.shape[2] - keep :]
-        out = a.proj(y.transpose(1, 2).reshape(B, T, -1))
-        return x + out, KVCache(keys, values, pos + T)
+        h, cache = self.attn(self.attn_norm(x), cache)
+        return x + h, cache

@@ -35,9 +35,11 @@ class LoRALinear(nn.Linear):
         self.merged = False
 
     def delta(self) -> torch.Tensor:
+        """The adapter's weight update (alpha / r) B A, [out_features, in_features]."""
         return (self.lora_b @ self.lora_a) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """W x + b + (alpha / r) B A dropout(x); just W x + b once merged (the update is in W)."""
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
@@ -45,17 +47,20 @@ class LoRALinear(nn.Linear):
 
     @torch.no_grad()
     def merge(self) -> None:
+        """Add the update (alpha / r) B A into the shared weight, once; the adapter then stops adding it."""
         if not self.merged:
             self.weight += self.delta()
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
+        """Subtract a merged update from the weight again (exact up to float rounding)."""
         if self.merged:
             self.weight -= self.delta()
             self.merged = False
 
     def extra_repr(self) -> str:
+        """``nn.Linear``'s summary plus rank, alpha and whether the adapter is merged."""
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
 
 
@@ -72,15 +77,18 @@ def apply_lora(model: nn.Module, module_names: list[str], rank: int, alpha: floa
 
 
 def lora_modules(model: nn.Module) -> list[LoRALinear]:
+    """Every ``LoRALinear`` of ``model``, in module order."""
     return [m for m in model.modules() if isinstance(m, LoRALinear)]
 
 
 def merge_lora(model: nn.Module) -> None:
+    """Merge every adapter of ``model`` into its weight (for inference)."""
     for module in lora_modules(model):
         module.merge()
 
 
 def unmerge_lora(model: nn.Module) -> None:
+    """Take every merged adapter of ``model`` back out of its weight."""
     for module in lora_modules(model):
         module.unmerge()
 

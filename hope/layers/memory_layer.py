@@ -89,6 +89,7 @@ class ProductKeyMemory(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02) -> None:
+        """Uniform sub-keys (Lample et al.), values N(0, 1 / value_dim), linear weights N(0, std^2)."""
         bound = 1 / math.sqrt(self.key_dim // 2)
         nn.init.uniform_(self.keys, -bound, bound)  # Lample et al.: uniform sub-keys
         nn.init.normal_(self.values.weight, std=self.values.weight.shape[1] ** -0.5)
@@ -108,6 +109,7 @@ class ProductKeyMemory(nn.Module):
         return slots, scores.softmax(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """down(weighted top-k slot values * silu(gate(x))) [B, T, dim]; records slot counts and the SMF mask."""
         slots, weights = self.lookup(x)
         with torch.no_grad():
             self.last_counts = torch.bincount(slots.flatten(), minlength=self.n_slots)

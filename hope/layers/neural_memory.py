@@ -53,7 +53,6 @@ on its own: every chunk reads, then writes.
 """
 
 from collections.abc import Callable
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -61,8 +60,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hope.layers.memory_io import causal_conv, detach_field, gated_output, split_heads, zero_conv_cache
-from hope.ops.common import memory_mlp
-from hope.ops.titans import titans_memory
+from hope.ops.common import MemoryRule, memory_mlp
+from hope.ops.titans import memory_op as titans_memory_op
 
 __all__ = ["NeuralMemory", "NeuralMemoryState"]
 
@@ -111,6 +110,10 @@ class NeuralMemory(nn.Module):
         memory_op: the memory update, called like ``hope.ops.titans.titans_memory`` (without ``compile``); None: that
             chunk-parallel op. Tests pass the literal reference ``hope.ops.titans.naive.titans_memory``.
         compile: run the default op's per-chunk step through torch.compile (GPU speed; see hope.ops.titans.chunked).
+        recompute: keep only chunk-boundary states for backward and recompute each chunk step there
+            (hope.ops.recompute).
+        kernel: ``torch`` (the chunk-parallel PyTorch op) or ``triton`` (the fused kernels of hope.ops.titans.triton
+            on CUDA; the PyTorch op elsewhere). See ``hope.ops.titans.memory_op``.
     """
 
     def __init__(
@@ -137,18 +140,26 @@ class NeuralMemory(nn.Module):
         output_gate: bool = True,
         memory_op: Callable | None = None,
         compile: bool = False,
+        recompute: bool = False,
+        kernel: str = "torch",
     ):
         super().__init__()
         if linear_memory:
             depth, residual = 1, False
-        if depth < 1 or (compile and memory_op is not None):
-            raise ValueError(f"need depth >= 1 and compile only for the default memory_op, got {depth=}, {compile=}")
-        self.n_head, self.head_dim, self.chunk_size = n_head, head_dim, chunk_size
-        self.use_momentum, self.use_weight_decay = use_momentum, use_weight_decay
-        self.qk_norm, self.residual, self.activation = qk_norm, residual, activation
+        if depth < 1 or ((compile or recompute or kernel != "torch") and memory_op is not None):
+            raise ValueError(
+                f"need depth >= 1, and compile, recompute and kernel only for the default memory_op, got {depth=}, "
+                f"{compile=}, {recompute=}, {kernel=}"
+            )
+        self.n_head, self.head_dim, self.rule = (
+            n_head,
+            head_dim,
+            MemoryRule(chunk_size, residual, activation, max_grad_norm),
+        )
+        self.use_momentum, self.use_weight_decay, self.qk_norm = use_momentum, use_weight_decay, qk_norm
         self.max_lr = 1 / (2 * chunk_size) if max_lr is None else max_lr
-        self.ema_momentum, self.max_grad_norm, self.alpha_init = ema_momentum, max_grad_norm, alpha_init
-        self.memory_op = partial(titans_memory, compile=compile) if memory_op is None else memory_op
+        self.ema_momentum, self.alpha_init = ema_momentum, alpha_init
+        self.memory_op = titans_memory_op(kernel, compile, recompute) if memory_op is None else memory_op
         inner = n_head * head_dim
 
         self.q_proj = nn.Linear(d_model, inner, bias=False)
@@ -231,24 +242,17 @@ class NeuralMemory(nn.Module):
         k, v, *gates = (torch.cat([old, new], dim=2) for old, new in zip(state.pending, (k, v, *gates), strict=True))
         if q is not None:
             q = torch.cat([q.new_zeros(*q.shape[:2], P, q.shape[-1]), q], dim=2)  # pending tokens already read
-        n_full = k.shape[2] // self.chunk_size * self.chunk_size
+        n_full = k.shape[2] // self.rule.chunk_size * self.rule.chunk_size
         weights, momentum, ys = state.weights, state.momentum, []
         if n_full:
-            to_write = (t[:, :, :n_full] for t in (k, v, *gates))
+            k_full, v_full, *gates_full = (t[:, :, :n_full] for t in (k, v, *gates))
             q_full = None if q is None else q[:, :, :n_full]
             y, (weights, momentum) = self.memory_op(
-                q_full,
-                *to_write,
-                weights,
-                momentum,
-                self.chunk_size,
-                self.residual,
-                self.activation,
-                self.max_grad_norm,
+                q_full, k_full, v_full, tuple(gates_full), (weights, momentum), self.rule
             )
             ys.append(y)
         if q is not None:
-            ys.append(memory_mlp(weights, q[:, :, n_full:], self.residual, self.activation))
+            ys.append(memory_mlp(weights, q[:, :, n_full:], self.rule.residual, self.rule.activation))
         pending = tuple(t[:, :, n_full:] for t in (k, v, *gates))
         y = None if q is None else torch.cat(ys, dim=2)[:, :, P:]
         return y, weights, momentum, pending
@@ -272,7 +276,7 @@ class NeuralMemory(nn.Module):
         Advances only the query conv history; the memory, momentum and pending tokens are unchanged.
         """
         q, q_cache = self._queries(x, state)
-        y = memory_mlp(state.weights, q, self.residual, self.activation)
+        y = memory_mlp(state.weights, q, self.rule.residual, self.rule.activation)
         conv_cache = None if q_cache is None else (q_cache, state.conv_cache[1])
         return self._output(y, x), state._replace(conv_cache=conv_cache)
 

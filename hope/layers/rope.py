@@ -1,12 +1,12 @@
 """Rotary position embedding (Su et al., 2021), "rotate half" layout as in Llama.
 
-Angles are computed in float64 (exact at any stream position) and applied in at least float32, in float64 when the
-inputs are (the exactness tests). The tables of ``RotaryEmbedding`` are plain tensors rebuilt lazily per device
-rather than registered buffers, so they never enter a checkpoint.
+Angles are computed in float64 from the integer positions on every call and applied in at least float32, in float64
+when the inputs are (the exactness tests). A stream position therefore costs no table and loses no precision however
+far a stream goes, and a token is rotated identically whether it comes in one call or in many, which keeps
+streaming exact.
 """
 
 import torch
-from torch import nn
 
 
 def rope_angles(positions_T: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
@@ -17,6 +17,7 @@ def rope_angles(positions_T: torch.Tensor, head_dim: int, base: float) -> torch.
 
 
 def apply_rope(x_BHTD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tensor) -> torch.Tensor:
+    """x rotated by the given angles' cos and sin [T, D]: x cos + rotate_half(x) sin, in at least float32."""
     dtype = torch.promote_types(x_BHTD.dtype, torch.float32)
     x = x_BHTD.to(dtype)
     x1, x2 = x.chunk(2, dim=-1)
@@ -28,18 +29,3 @@ def rope_at(x_BHTD: torch.Tensor, positions_T: torch.Tensor, base: float) -> tor
     """RoPE of x [B, H, T, D] at arbitrary integer positions [T] (streaming: positions continue across calls)."""
     angles_TD = rope_angles(positions_T, x_BHTD.shape[-1], base)
     return apply_rope(x_BHTD, angles_TD.cos(), angles_TD.sin())
-
-
-class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, max_seq_len: int, base: float) -> None:
-        super().__init__()
-        self.head_dim, self.max_seq_len, self.base = head_dim, max_seq_len, base
-        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def tables(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [seq_len, head_dim] for positions 0..seq_len-1, kept in float64."""
-        if self._tables is None or self._tables[0].device != device:
-            angles_TD = rope_angles(torch.arange(self.max_seq_len, device=device), self.head_dim, self.base)
-            self._tables = angles_TD.cos(), angles_TD.sin()
-        cos, sin = self._tables
-        return cos[:seq_len], sin[:seq_len]

@@ -23,6 +23,10 @@ x [B, T, d_model] -> y [B, T, d_model], with the state passed in and returned (n
    These values are our choices; the paper gives none. As in ``NeuralMemory``, each token's inner gradient is
    clipped per memory to ``max_grad_norm`` (default 10): with memory weights 3x their init scale (which the outer
    loop can learn), a run of one repeated token drove M_memory to NaN within 2K tokens without it.
+   ``safe_step`` (on in the hope presets) also caps each token's step at what its own loss can take
+   (``hope.ops.common.safe_step_scale``): max_lr = 1/(2C) is that cap only for a linear memory with unit keys.
+   Without it a trained hope-debug's memories in one head diverged on ~2K tokens of real text (inner loss x100,
+   every gradient clipped, weights x20), and float32 rounding grew into logit differences of order 1 (README).
 4. Output (as ``NeuralMemory``): per-head RMSNorm, times SiLU(x W_gate), heads merged, output projection.
 
 Chunks are global across calls: the state keeps the inputs of the unfinished projection chunk and the (q, k, v,
@@ -84,6 +88,7 @@ class SelfModifyingTitans(nn.Module):
         activation: hidden activation of the memory MLPs, "silu" or "gelu".
         max_lr: eta_t = max_lr * sigmoid(.); None: 1 / (2 * max(chunk_size, memory_chunk_size)).
         max_grad_norm: clip each token's inner gradient, per memory, to this norm (None: no clipping).
+        safe_step: cap each token's inner step so that a chunk cannot overshoot (``hope.ops.common.safe_step_scale``).
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
         projections_op: the projection memories' loop, called like
@@ -91,6 +96,8 @@ class SelfModifyingTitans(nn.Module):
         memory_op: M_memory's loop, called like ``hope.ops.self_modifying.dgd_memory`` (without ``compile``); None: that
             chunk-parallel op. Tests pass the literal references of ``hope.ops.self_modifying.naive``.
         compile: run each chunk step of the default ops through torch.compile (see hope.ops.self_modifying.chunked).
+        recompute: keep only chunk-boundary states for backward and recompute each chunk step there
+            (hope.ops.recompute).
     """
 
     def __init__(
@@ -106,15 +113,17 @@ class SelfModifyingTitans(nn.Module):
         activation: str = "silu",
         max_lr: float | None = None,
         max_grad_norm: float | None = 10.0,
+        safe_step: bool = False,
         output_norm: bool = True,
         output_gate: bool = True,
         projections_op: Callable | None = None,
         memory_op: Callable | None = None,
         compile: bool = False,
+        recompute: bool = False,
     ):
         super().__init__()
         injected = projections_op is not None or memory_op is not None
-        if d_model % n_head or (compile and injected):
+        if d_model % n_head or ((compile or recompute) and injected):
             raise ValueError(
                 f"need d_model % n_head == 0 and compile only for the default ops, got {n_head=}, {compile=}"
             )
@@ -125,11 +134,13 @@ class SelfModifyingTitans(nn.Module):
         self.chunk_size, self.memory_chunk_size = chunk_size, memory_chunk_size
         self.adaptive_q, self.activation = adaptive_q, activation
         self.max_lr = 1 / (2 * max(chunk_size, memory_chunk_size)) if max_lr is None else max_lr
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm, self.safe_step = max_grad_norm, safe_step
         self.projections_op = (
-            partial(self_modifying_projections, compile=compile) if projections_op is None else projections_op
+            partial(self_modifying_projections, compile=compile, recompute=recompute)
+            if projections_op is None
+            else projections_op
         )
-        self.memory_op = partial(dgd_memory, compile=compile) if memory_op is None else memory_op
+        self.memory_op = partial(dgd_memory, compile=compile, recompute=recompute) if memory_op is None else memory_op
 
         self.conv = nn.Conv1d(d_model, d_model, conv_kernel, groups=d_model, bias=False) if use_conv else None
         self.q_proj = None if adaptive_q else nn.Linear(d_model, d_model, bias=False)
@@ -183,7 +194,7 @@ class SelfModifyingTitans(nn.Module):
         parts = []
         if n_full:
             outs, (W1, W2) = self.projections_op(
-                xs[:, :, :n_full], W1, W2, *gates, self.chunk_size, self.activation, self.max_grad_norm
+                xs[:, :, :n_full], W1, W2, *gates, self.chunk_size, self.activation, self.max_grad_norm, self.safe_step
             )
             parts.append(outs)
         if n_full < xs.shape[2] or not parts:  # the unfinished chunk, read at the weights it started with
@@ -202,7 +213,8 @@ class SelfModifyingTitans(nn.Module):
         ys = []
         if n_full:
             full = (t[:, :, :n_full] for t in (q, k, v, eta, alpha))
-            y, (W1, W2) = self.memory_op(*full, W1, W2, self.memory_chunk_size, self.activation, self.max_grad_norm)
+            rule = (self.memory_chunk_size, self.activation, self.max_grad_norm, self.safe_step)
+            y, (W1, W2) = self.memory_op(*full, W1, W2, *rule)
             ys.append(y)
         if n_full < k.shape[2] or not ys:  # the unfinished chunk reads the weights it started with
             ys.append(residual_mlp(W1, W2, q[:, :, n_full:], self.activation))

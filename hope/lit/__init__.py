@@ -1,0 +1,1 @@
+"""Lightning glue: the LightningModule, data module, CLI, callbacks, checkpoint I/O, DeepSpeed on CPU, Slurm requeue."""

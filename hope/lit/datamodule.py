@@ -7,8 +7,13 @@ has consumed (``consumed_batches``), advanced by ``DataPositionCallback`` and sa
 
 The train DataLoader has no length: bound training with ``max_steps`` and run validation every
 ``val_check_interval`` steps (an int).
+
+With ``episodes`` set, the blocks are in-context continual-learning episodes (``hope.data.episodes``) instead of
+text: generated on demand, padded to ``seq_len``, labelled only at query answers; the sampler and the data
+position work the same way.
 """
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from hope.data.cache import build_cache, load_cache
+from hope.data.episodes import EpisodeConfig, EpisodeGenerator, EpisodeSet
 from hope.data.packing import PackedBlocks, collate_blocks, num_blocks
 from hope.data.sampler import InfiniteBlockSampler
 from hope.data.sources import source_kind
@@ -44,6 +50,10 @@ class TextDataModule(L.LightningDataModule):
         max_documents: read at most this many documents per source (bounds streaming hub datasets).
         max_tokens: stop reading a source after this many tokens (bounds streaming hub datasets).
         shuffle: shuffle the training blocks each epoch (``False``: in order, useful for debugging).
+        encoding: codec of local text/JSON files, e.g. ``latin-1`` or ``utf-16-le`` (``None``: UTF-8, or what a
+            byte-order mark says; a file that is neither is an error naming it, see ``hope.data.encoding``).
+        episodes: train and validate on in-context continual-learning episodes (``hope.data.episodes``, e.g.
+            ``--data.episodes.n_tasks 3 --data.episodes.objective acl``) instead of text; ``source`` is not read.
     """
 
     def __init__(
@@ -63,9 +73,14 @@ class TextDataModule(L.LightningDataModule):
         max_documents: int | None = None,
         max_tokens: int | None = None,
         shuffle: bool = True,
+        encoding: str | None = None,
+        episodes: EpisodeConfig | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["episodes"])
+        self.episodes = episodes
+        if episodes is not None:  # plain types in checkpoints (LightningCLI reads them with weights_only=True)
+            self.hparams["episodes"] = dataclasses.asdict(episodes)
         for name, value, minimum in [
             ("seq_len", seq_len, 1),
             ("batch_size", batch_size, 1),
@@ -93,7 +108,7 @@ class TextDataModule(L.LightningDataModule):
         self.val_fraction, self.max_val_blocks = val_fraction, max_val_blocks
         self.num_workers, self.seed, self.shuffle = num_workers, seed, shuffle
         self.cache_dir, self.text_field = cache_dir, text_field
-        self.max_documents, self.max_tokens = max_documents, max_tokens
+        self.max_documents, self.max_tokens, self.encoding = max_documents, max_tokens, encoding
         self.tokenizer = Tokenizer(tokenizer) if tokenizer is not None else Tokenizer.default()
         # Share of `source` held out: none when validation comes from its own source.
         self.holdout_fraction = 0.0 if val_source is not None else val_fraction
@@ -103,6 +118,7 @@ class TextDataModule(L.LightningDataModule):
 
     @property
     def vocab_size(self) -> int:
+        """Number of token ids of the data module's tokenizer."""
         return self.tokenizer.vocab_size
 
     @property
@@ -130,16 +146,25 @@ class TextDataModule(L.LightningDataModule):
             max_documents=self.max_documents,
             max_tokens=self.max_tokens,
             field=field,
+            encoding=self.encoding,
         )
 
     def prepare_data(self) -> None:
         """Tokenize and cache the sources (Lightning runs this on one process per node)."""
+        if self.episodes is not None:
+            return  # generated on demand
         for source, field, fraction in set(self._caches().values()):
             self._build(source, field, fraction)
 
     def setup(self, stage: str | None = None) -> None:
         """Memory-map the cached splits (building them if ``prepare_data`` did not run) and check their size."""
         if self.train_blocks is not None:
+            return
+        if self.episodes is not None:
+            generator = EpisodeGenerator(self.episodes, self.tokenizer)
+            self.train_blocks = EpisodeSet(generator, "train", self.episodes.n_train, self.seq_len)
+            self.val_blocks = EpisodeSet(generator, "val", self.episodes.n_val, self.seq_len)
+            self.train_blocks.check_lengths()
             return
         splits = {}
         for split, (source, field, fraction) in self._caches().items():
@@ -214,7 +239,7 @@ class TextDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=collate_blocks,
+            collate_fn=collate_blocks if self.episodes is None else None,  # episodes come labelled
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -234,6 +259,7 @@ class TextDataModule(L.LightningDataModule):
             "text_field": self.text_field,
             "max_documents": self.max_documents,
             "max_tokens": self.max_tokens,
+            "encoding": self.encoding,
             "tokenizer": self.tokenizer.fingerprint,
             "seq_len": self.seq_len,
             "seed": self.seed,
@@ -241,15 +267,22 @@ class TextDataModule(L.LightningDataModule):
             "batch_size": self.batch_size,
             "world_size": self._dist()[0],
         }
-        if self.train_blocks is not None:
+        if self.episodes is not None:
+            settings["episodes"] = dataclasses.asdict(self.episodes)
+        elif self.train_blocks is not None:
             settings["train_tokens"] = self.num_train_tokens
         return settings
 
     def state_dict(self) -> dict[str, Any]:
+        """The data position (micro-batches consumed by this rank) and the settings it depends on, for checkpoints."""
         return {"consumed_batches": self.consumed_batches, **self._settings()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the data position; refuse if the settings it depends on changed since it was saved."""
+        """Restore the data position; refuse if the settings it depends on changed since it was saved. Only
+        training has a data position: ``validate``/``test`` may use any data settings."""
+        stage = getattr(getattr(getattr(self, "trainer", None), "state", None), "fn", None)
+        if stage is not None and stage != "fit":
+            return
         now = self._settings()
         changed = [f"{k}: {state_dict[k]!r} -> {v!r}" for k, v in now.items() if k in state_dict and state_dict[k] != v]
         if changed:
@@ -270,6 +303,7 @@ class DataPositionCallback(L.Callback):
     """
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        """Call the data module's ``advance()`` once per training micro-batch, if it has one."""
         advance = getattr(trainer.datamodule, "advance", None)
         if advance is not None:
             advance()

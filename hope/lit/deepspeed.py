@@ -62,6 +62,7 @@ class HopeDeepSpeedStrategy(DeepSpeedStrategy):
 
     @property
     def parallel_devices(self) -> list[torch.device] | None:
+        """The strategy's devices; index-less CPU devices are stored as ``cpu:0``, ``cpu:1``, ... by the setter."""
         return self._parallel_devices
 
     @parallel_devices.setter
@@ -72,6 +73,7 @@ class HopeDeepSpeedStrategy(DeepSpeedStrategy):
         self._parallel_devices = devices
 
     def setup_environment(self) -> None:
+        """The parent's setup on CUDA; elsewhere DDP's, skipping DeepSpeedStrategy's CUDA-only check."""
         if isinstance(self.accelerator, CUDAAccelerator):
             super().setup_environment()
             return
@@ -80,6 +82,7 @@ class HopeDeepSpeedStrategy(DeepSpeedStrategy):
 
     @property
     def offloads_optimizer(self) -> bool:
+        """Whether the DeepSpeed config offloads the optimizer (``zero_optimization.offload_optimizer.device`` set)."""
         zero = (self.config or {}).get("zero_optimization") or {}
         offload = zero.get("offload_optimizer") or {}
         return offload.get("device", "none") not in ("none", None)
@@ -93,6 +96,7 @@ class HopeDeepSpeedStrategy(DeepSpeedStrategy):
 
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
+        """Register the ``hope_deepspeed_stage_*`` names (ZeRO stage 1-3, with or without offload) for this class."""
         for name, (stage, offload_optimizer, offload_parameters) in _REGISTERED.items():
             strategy_registry.register(
                 name,

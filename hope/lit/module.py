@@ -20,7 +20,9 @@ import torch
 from hope.checkpoint import load_model_weights
 from hope.config import ModelConfig
 from hope.lit.datamodule import DataPositionCallback
-from hope.lit.requeue import SlurmRequeue
+from hope.lit.divergence import gradient_norm
+from hope.lit.requeue import SignalCheckpoint
+from hope.lit.resume import apply_resumed_optim
 from hope.loss import next_token_loss
 from hope.model import HopeLM
 from hope.optim import OptimConfig, pretrain_optimizer
@@ -44,6 +46,9 @@ class HopeLitModule(L.LightningModule):
         optim: Optimizer and learning-rate schedule.
         init_from: Pretrained weights to start from (a ``.ckpt`` or ``.safetensors``). This initialises the
             weights only; optimizer, step and data position start fresh. To continue a run, use ``--ckpt_path``.
+        compile: Run the whole model through ``torch.compile`` (``nn.Module.compile``: in place, so checkpoints keep
+            their keys). The first steps pay the compile time; memory ops whose Python loops break the graph are
+            compiled piecewise (``memory_compile`` compiles their chunk steps alone).
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class HopeLitModule(L.LightningModule):
         overrides: dict[str, Any] | None = None,
         optim: OptimConfig | None = None,
         init_from: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.config = ModelConfig.from_preset(preset, **(overrides or {}))
@@ -62,13 +68,18 @@ class HopeLitModule(L.LightningModule):
         self.model = HopeLM(self.config)
         if init_from is not None:
             load_model_weights(self.model, init_from)
+        if compile:
+            self.model.compile()
         self._last_batch_end: float | None = None
+        self._resumed: dict[str, Any] | None = None  # the checkpoint's optimizer settings, after --ckpt_path
 
     def forward(self, idx_BT: torch.Tensor, state: list | None = None):
+        """Logits [B, T, padded_vocab_size] and the new per-block state of the wrapped ``HopeLM``."""
         return self.model(idx_BT, state)
 
     # -- checks against the data ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        """Check that the data module's tokenizer fits the vocabulary and ``data.seq_len`` fits ``max_seq_len``."""
         datamodule = getattr(self.trainer, "datamodule", None)
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is not None:
@@ -81,10 +92,18 @@ class HopeLitModule(L.LightningModule):
             )
 
     def configure_callbacks(self):
-        return [DataPositionCallback(), SlurmRequeue()]
+        """Callbacks every run needs: the data position saved in checkpoints, and saving on SIGTERM / Slurm's signal."""
+        return [DataPositionCallback(), SignalCheckpoint()]
 
     # -- training ---------------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """After a resume, make the restored optimizer and schedule follow ``model.optim`` (``hope.lit.resume``)."""
+        if self._resumed is not None:  # the optimizer and schedule were restored: make them follow model.optim
+            apply_resumed_optim(self.trainer, self, self._resumed["optim"], self._resumed["schedule_steps"])
+            self._resumed = None
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Next-token loss of one batch; logs train/loss, train/ppl and train/lr."""
         logits, _ = self.model(batch["input_ids"])
         loss = next_token_loss(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True)
@@ -93,6 +112,7 @@ class HopeLitModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Log train/tokens_per_sec (all ranks, between batch ends), CMS levels' updates and lr, and train/tokens."""
         tokens = batch["input_ids"].numel() * self.trainer.world_size
         now = time.perf_counter()
         if self._last_batch_end is not None:
@@ -102,13 +122,14 @@ class HopeLitModule(L.LightningModule):
         self.log("train/tokens", float((self.global_step + 1) * tokens * self.trainer.accumulate_grad_batches))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
-        if norms:  # DeepSpeed ZeRO keeps gradients in its own buffers; then there is nothing to read here
-            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
+        """Log the gradient norm before clipping: ``train/grad_norm``, and ``train/<level>/grad_norm`` per CMS level."""
+        norm = gradient_norm(self.parameters())
+        if norm is not None:  # DeepSpeed ZeRO keeps gradients in its own buffers; then there is nothing to read here
+            self.log("train/grad_norm", norm)
         for level, groups in _level_groups(optimizer).items():
-            level_norms = [p.grad.detach().norm(2) for g in groups for p in g["params"] if p.grad is not None]
-            if level_norms:
-                self.log(f"train/{level}/grad_norm", torch.linalg.vector_norm(torch.stack(level_norms)))
+            level_norm = gradient_norm(p for g in groups for p in g["params"])
+            if level_norm is not None:
+                self.log(f"train/{level}/grad_norm", level_norm)
 
     def _log_levels(self) -> None:
         """Per CMS level (HOPE's LevelOptimizer): updates applied so far and current lr (NL Eq. 31's schedule)."""
@@ -117,6 +138,7 @@ class HopeLitModule(L.LightningModule):
             self.log(f"train/{level}/lr", float(groups[0]["lr"]))
 
     def configure_optimizers(self):
+        """AdamW + warmup/cosine over ``total_steps()``, or one ``LevelOptimizer`` for models with CMS levels."""
         return pretrain_optimizer(self.model, self.optim, self.total_steps())
 
     def total_steps(self) -> int:
@@ -130,15 +152,18 @@ class HopeLitModule(L.LightningModule):
 
     # -- validation -------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        """Zero the summed NLL and the target count of this validation (or test) pass."""
         self._val_nll = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Add one batch's summed next-token NLL and its number of targets (labels != -100); also the test step."""
         logits, _ = self.model(batch["input_ids"])
         self._val_nll += next_token_loss(logits, batch["labels"], reduction="sum").double()
         self._val_tokens += (batch["labels"] != -100).sum()
 
     def on_validation_epoch_end(self) -> None:
+        """Token-weighted loss over all ranks: log ``<stage>/loss`` and ``<stage>/ppl`` (val or test) and print them."""
         nll = self.trainer.strategy.reduce(self._val_nll, reduce_op="sum")
         tokens = self.trainer.strategy.reduce(self._val_tokens, reduce_op="sum")
         loss = (nll / tokens.clamp_min(1)).item()
@@ -155,4 +180,14 @@ class HopeLitModule(L.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the model config in the checkpoint (``model_config``), so it loads without the CLI config."""
         checkpoint["model_config"] = self.config.to_dict()
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # the schedule's length, for a resume
+            checkpoint["schedule_steps"] = self.total_steps()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Remember the checkpoint's optimizer settings and schedule length for ``on_train_start``."""
+        self._resumed = {
+            "optim": checkpoint.get("hyper_parameters", {}).get("optim"),
+            "schedule_steps": checkpoint.get("schedule_steps"),
+        }

@@ -1,0 +1,1 @@
+"""Functional kernels behind the layers: attention, the Titans and self-modifying memory updates, the scan."""

@@ -8,6 +8,7 @@ imports only torch, so both a fast op and its naive twin can build on it without
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +22,13 @@ __all__ = [
     "ALPHA",
     "Q",
     "Weights",
+    "Gates",
+    "MemoryState",
+    "MemoryRule",
     "Memory",
     "clip_scale",
     "clip_grads",
+    "safe_step_scale",
     "memory_mlp",
     "residual_mlp",
     "read_projections",
@@ -32,6 +37,23 @@ __all__ = [
 ]
 
 Weights = tuple[torch.Tensor, ...]  # Titans memory MLP weights W_1..W_L, each [B, H, d_in, d_out]
+Gates = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # Titans theta, eta, alpha [B, H, T] in (0, 1) (Eqs. 13-14)
+MemoryState = tuple[Weights, Weights]  # Titans (weights, momentum): the memory M and its surprise S
+
+
+class MemoryRule(NamedTuple):
+    """The static settings of the Titans memory's inner loop (Titans §3.1-3.2), the same for every op."""
+
+    chunk_size: int = 1
+    """tokens per chunk; every gradient of a chunk is taken at its start weights (1: the exact recurrence)"""
+    residual: bool = True
+    """M(x) = x + MLP(x) (True) or MLP(x)"""
+    activation: str = "silu"
+    """hidden activation of the memory MLP: ``silu`` or ``gelu``"""
+    max_grad_norm: float | None = None
+    """clip each token's inner gradient (all layers together) to this norm; None: no clipping"""
+
+
 Memory = tuple[torch.Tensor, torch.Tensor]  # (W1, W2) of a self-modifying residual MLP (Eq. 91)
 
 PROJECTIONS = ("k", "v", "eta", "alpha", "q")  # order on the memory axis N; q only when it is adaptive
@@ -67,6 +89,19 @@ def clip_grads(grads: Weights, max_norm: float | None) -> Weights:
     """One token's per-layer gradients [.., d_in, d_out], scaled together to a norm of at most max_norm."""
     scale = clip_scale(sum(G.pow(2).sum((-2, -1)) for G in grads), max_norm)
     return grads if scale is None else tuple(G * scale[..., None, None] for G in grads)
+
+
+def safe_step_scale(grad_sq: torch.Tensor, jvp_sq: torch.Tensor, eta: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """min(1, tau / (C eta)), elementwise, with tau = |g|^2 / (2 |J g|^2) (NL §8.2's chunked DGD, our safeguard).
+
+    g is a token's inner gradient of ||M(k) - vhat||^2 (any positive multiple of it: the ratio is scale-free) and
+    J g the change of M(k) along it; tau is the step along -g that lands on the minimum of the token's Gauss-Newton
+    quadratic, so a chunk of C tokens whose steps eta <= tau / C all add up cannot overshoot even when all C are the
+    same token. For a linear memory with unit keys tau = 1/2 and this is ``max_lr = 1/(2C)``; for an MLP memory
+    tau shrinks as the weights grow. Written as |g|^2 / max(|g|^2, 2 C eta |J g|^2): exactly 1 where inactive.
+    """
+    bound = (2 * chunk_size) * eta * jvp_sq
+    return grad_sq / torch.maximum(grad_sq, bound).clamp_min(torch.finfo(grad_sq.dtype).tiny)
 
 
 def memory_mlp(weights: Weights, x: torch.Tensor, residual: bool = True, activation: str = "silu") -> torch.Tensor:
@@ -119,6 +154,7 @@ def self_modifying_titans(
     memory_chunk_size: int,
     activation: str = "silu",
     max_grad_norm: float | None = None,
+    safe_step: bool = False,
     *,
     projections_op: Callable,
     memory_op: Callable,
@@ -131,8 +167,8 @@ def self_modifying_titans(
     Returns y [B, H, T, D], final projection memories, final M_memory.
     """
     (k, v, eta, alpha, q_mem), projections = projections_op(
-        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation, max_grad_norm
+        x, *projections, gate_w, gate_b, max_lr, chunk_size, activation, max_grad_norm, safe_step
     )
     q = q_mem if q is None else q
-    y, memory = memory_op(q, k, v, eta, alpha, *memory, memory_chunk_size, activation, max_grad_norm)
+    y, memory = memory_op(q, k, v, eta, alpha, *memory, memory_chunk_size, activation, max_grad_norm, safe_step)
     return y, projections, memory

@@ -5,8 +5,8 @@
 """
 
 from hope.optim.build import finetune_level_optimizer, pretrain_optimizer, weight_decay_groups
-from hope.optim.deep_momentum import DeepMomentum, deep_momentum_step
-from hope.optim.levels import RULES, LevelOptimizer, level_param_groups
+from hope.optim.deep_momentum import deep_momentum_step
+from hope.optim.levels import RULES, DeepMomentum, LevelOptimizer, level_param_groups
 from hope.optim.schedule import OptimConfig, lr_factor, warmup_cosine
 
 __all__ = [

@@ -32,7 +32,7 @@ ZeRO partitions included):
 
 import torch
 
-__all__ = ["DeepMomentum", "deep_momentum_step"]
+__all__ = ["deep_momentum_step"]
 
 
 @torch.no_grad()
@@ -50,23 +50,3 @@ def deep_momentum_step(
     b.mul_(momentum).sub_(grad, alpha=lr)  # d<m(u), u>/db = u
     w.sub_(lr * grad_w)
     param.mul_(1 - lr * weight_decay).add_(b + a * torch.tanh(w * grad))  # W + m_{i+1}(u_i)
-
-
-class DeepMomentum(torch.optim.Optimizer):
-    """DMGD as a standalone optimizer (see the module docstring); ``momentum`` is the retention alpha."""
-
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, key_scale: float = 1.0, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, key_scale=key_scale, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    hyper = (group[k] for k in ("lr", "momentum", "key_scale", "weight_decay"))
-                    deep_momentum_step(p, p.grad, self.state[p], *hyper)
-        return loss

@@ -42,7 +42,7 @@ from torch import nn
 from hope.optim.deep_momentum import deep_momentum_step
 from hope.optim.schedule import lr_factor
 
-__all__ = ["LevelOptimizer", "level_param_groups", "RULES"]
+__all__ = ["DeepMomentum", "LevelOptimizer", "level_param_groups", "RULES"]
 
 Schedule = Callable[[int], float] | Mapping | None
 
@@ -128,6 +128,7 @@ class LevelOptimizer(torch.optim.Optimizer):
         super().__init__(params, {**defaults, **hyper})
 
     def add_param_group(self, param_group: dict) -> None:
+        """Add a group: check its rule and period, turn its schedule into a factor, start its peak lr and step count."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if group["rule"] not in RULES or group["period"] < 1:
@@ -154,6 +155,7 @@ class LevelOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """Per group: count the step, set the scheduled lr, sum gradients; every ``period`` steps apply the rule."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -180,6 +182,15 @@ class LevelOptimizer(torch.optim.Optimizer):
             else:
                 state["grad_sum"] = p.grad.detach().clone()
         return state.pop("grad_sum", None) if due else None
+
+
+class DeepMomentum(LevelOptimizer):
+    """DMGD (``hope.optim.deep_momentum``) as a standalone optimizer: every group steps every step with the
+    ``deep_momentum`` rule; ``momentum`` is the retention alpha."""
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, key_scale: float = 1.0, weight_decay=0.0):
+        hyper = {"momentum": momentum, "key_scale": key_scale, "weight_decay": weight_decay}
+        super().__init__(params, lr=lr, period=1, rule="deep_momentum", **hyper)
 
 
 def _decay_split(params: list, spec: Mapping) -> list[dict]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hope.ops.common import project, self_modifying_titans
+from hope.ops.common import project, residual_mlp, self_modifying_titans
 from hope.ops.self_modifying import chunked, naive
 
 B, H, D, E = 2, 2, 4, 8
@@ -262,3 +262,72 @@ def test_chunk_maps_batched_equal_the_per_chunk_solve():
         expected = g_c * W1[c] - (k[c] * r[..., None]).mT @ U
         actual = g_n[c] * W1[c] - Psi[c] @ (G_n[c] * (k[c] @ W1[c]) + D1[c])
         assert_rel_close([actual, g_n[c], er[c]], [expected, g_c, eta[c] * r], rel=1e-13)
+
+
+# -- the inner-step guard (safe_step) ------------------------------------------------------------------------------
+
+
+def scaled(inputs, factor=3.0):
+    """Inputs with every memory ``factor`` times its scale: curvature grows as the square, the guard acts."""
+    for name in ("projections", "memory", "W1", "W2"):
+        if name in inputs:
+            x = inputs[name]
+            inputs[name] = tuple(W * factor for W in x) if isinstance(x, tuple) else x * factor
+    return inputs
+
+
+@pytest.mark.parametrize("T, C, Cm, adaptive_q, clip", [(13, 3, 5, False, None), (16, 4, 8, True, 2.0)])
+def test_safe_step_chunked_matches_naive_chunk_loop(T, C, Cm, adaptive_q, clip):
+    """The per-token guard (|J g|^2 by hand in chunked.py, by forward-mode autodiff in naive.py): same outputs and
+    gradients, with and without the clip; and it acts on these inputs."""
+    kw = dict(max_lr=MAX_LR, chunk_size=C, memory_chunk_size=Cm, max_grad_norm=clip, safe_step=True)
+    out, grads = outputs_and_grads(self_modifying_chunked, scaled(make_inputs(T, adaptive_q)), **kw)
+    out_ref, grads_ref = outputs_and_grads(self_modifying_naive, scaled(make_inputs(T, adaptive_q)), **kw)
+    assert_rel_close(out, out_ref)
+    assert_rel_close(grads, grads_ref)
+    unguarded, _ = outputs_and_grads(
+        self_modifying_chunked, scaled(make_inputs(T, adaptive_q)), **kw | {"safe_step": False}
+    )
+    assert (unguarded[0] - out[0]).norm() > 1e-3 * out[0].norm(), "safe_step should act on memories 3x their scale"
+
+
+def test_safe_step_dgd_memory_and_recurrence():
+    out, grads = outputs_and_grads(chunked.dgd_memory, scaled(make_memory_inputs(13)), chunk_size=4, safe_step=True)
+    out_ref, grads_ref = outputs_and_grads(
+        naive.dgd_memory, scaled(make_memory_inputs(13)), chunk_size=4, safe_step=True
+    )
+    assert_rel_close(out, out_ref)
+    assert_rel_close(grads, grads_ref)
+    kw = dict(max_lr=MAX_LR, safe_step=True)
+    ref = outputs_and_grads(naive.self_modifying_titans_recurrent, scaled(make_inputs(7)), **kw)
+    actual = outputs_and_grads(self_modifying_chunked, scaled(make_inputs(7)), chunk_size=1, memory_chunk_size=1, **kw)
+    for a, e in zip(actual, ref, strict=True):
+        assert_rel_close(a, e)
+
+
+def test_safe_step_is_exact_where_inactive():
+    """Small steps never reach the bound: the guarded op returns the unguarded result bit for bit."""
+    kw = dict(max_lr=1e-3, chunk_size=4, memory_chunk_size=4)
+    guarded = flat(self_modifying_chunked(**make_inputs(12), **kw, safe_step=True))
+    plain = flat(self_modifying_chunked(**make_inputs(12), **kw))
+    assert all(torch.equal(a, b) for a, b in zip(guarded, plain, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_safe_step_keeps_a_chunk_of_one_token_from_overshooting(seed):
+    """The worst case the guard is built for: C copies of one token in a chunk, eta = max_lr = 1/(2C), alpha = 1,
+    memories 3x their init scale. Unguarded, the C summed steps overshoot and the token's own loss grows (up to
+    100x); guarded, the write lowers it for every memory."""
+    C = 8
+    x = scaled(make_memory_inputs(1, seed=seed))
+    k, v = (t.expand(B, H, C, D) for t in (x["k"], F.normalize(x["v"], dim=-1)))
+    eta, alpha = torch.full((B, H, C), 1 / (2 * C), dtype=F64), torch.ones(B, H, C, dtype=F64)
+    vhat = residual_mlp(x["W1"], x["W2"], v[..., :1, :])  # the target, held at the chunk-start weights
+    loss = lambda W1, W2: (residual_mlp(W1, W2, k[..., :1, :]) - vhat).pow(2).sum((-2, -1))  # noqa: E731
+    before = loss(x["W1"], x["W2"])
+    ratios = []
+    for safe_step in (False, True):
+        _, weights = chunked.dgd_memory(k, k, v, eta, alpha, x["W1"], x["W2"], C, safe_step=safe_step)
+        ratios.append(loss(*weights) / before)
+    assert ratios[0].max() > 2  # overshoot without the guard
+    assert ratios[1].max() < 1  # descent with it

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hope.ops.common import MemoryRule
 from hope.ops.titans import chunked, naive
 
 B, H, D = 2, 2, 8
@@ -41,10 +42,16 @@ def leaves(inputs):
     return tuple(t for x in inputs.values() for t in (x if isinstance(x, tuple) else (x,)))
 
 
+def call(fn, x, **rule):
+    """``fn`` on the named inputs of ``make_inputs``, with a ``MemoryRule`` of the keyword settings."""
+    gates, state = (x["theta"], x["eta"], x["alpha"]), (x["weights"], x["momentum"])
+    return fn(x["q"], x["k"], x["v"], gates, state, MemoryRule(**rule))
+
+
 def outputs_and_grads(fn, inputs, **kw):
     """(y, final weights, final momentum) flattened, and grads of a fixed random functional w.r.t. every input."""
     xs = leaves(inputs)
-    y, (W, S) = fn(**inputs, **kw)
+    y, (W, S) = call(fn, inputs, **kw)
     outs = (y, *W, *S)
     g = torch.Generator().manual_seed(123)
     loss = sum((o * torch.randn(o.shape, dtype=F64, generator=g)).sum() for o in outs)
@@ -105,7 +112,7 @@ def test_vanishing_and_saturated_gates_stay_exact():
 def test_linear_memory_is_the_momentum_delta_rule():
     """Depth 1, no residual, chunk 1: W <- (1-a) W + S, S <- eta S - theta * 2 k^T (k W - v), by hand."""
     x = make_inputs(7, 1)
-    y, (W_out, S_out) = chunked.titans_memory(**x, chunk_size=1, residual=False)
+    y, (W_out, S_out) = call(chunked.titans_memory, x, chunk_size=1, residual=False)
     (W,), (S,) = x["weights"], x["momentum"]
     for t in range(7):
         k, v = x["k"][:, :, t : t + 1], x["v"][:, :, t : t + 1]  # [B, H, 1, D]
@@ -121,22 +128,22 @@ def test_linear_memory_is_the_momentum_delta_rule():
 @pytest.mark.parametrize("fn", [chunked.titans_memory, naive.titans_memory])
 def test_streaming_halves_at_chunk_boundary(fn):
     x = make_inputs(20, 2)
-    y, (W, S) = fn(**x, chunk_size=4)
+    y, (W, S) = call(fn, x, chunk_size=4)
     first = {n: (t[:, :, :12] if not isinstance(t, tuple) else t) for n, t in x.items()}
     second = {n: t[:, :, 12:] for n, t in x.items() if not isinstance(t, tuple)}
-    y1, (W1, S1) = fn(**first, chunk_size=4)
-    y2, (W2, S2) = fn(**second, weights=W1, momentum=S1, chunk_size=4)
+    y1, (W1, S1) = call(fn, first, chunk_size=4)
+    y2, (W2, S2) = call(fn, {**second, "weights": W1, "momentum": S1}, chunk_size=4)
     assert_rel_close((torch.cat([y1, y2], dim=2), *W2, *S2), (y, *W, *S), rel=1e-13)
 
 
 def test_split_inside_a_chunk_starts_a_new_chunk():
     """Chunks are relative to the call: splitting at 6 with C = 4 gives chunks [0,4) [4,6) [6,10) [10,13)."""
     x = make_inputs(13, 2)
-    y, _ = chunked.titans_memory(**x, chunk_size=4)
+    y, _ = call(chunked.titans_memory, x, chunk_size=4)
     first = {n: (t[:, :, :6] if not isinstance(t, tuple) else t) for n, t in x.items()}
     second = {n: t[:, :, 6:] for n, t in x.items() if not isinstance(t, tuple)}
-    y1, (W1, S1) = chunked.titans_memory(**first, chunk_size=4)
-    y2, _ = chunked.titans_memory(**second, weights=W1, momentum=S1, chunk_size=4)
+    y1, (W1, S1) = call(chunked.titans_memory, first, chunk_size=4)
+    y2, _ = call(chunked.titans_memory, {**second, "weights": W1, "momentum": S1}, chunk_size=4)
     torch.testing.assert_close(y1, y[:, :, :6], rtol=1e-13, atol=0)  # up to the split nothing differs
     # tokens 6, 7 read at the weights after token 5 instead of after token 3: a different (documented) result
     assert not torch.allclose(y2[:, :, :2], y[:, :, 6:8])
@@ -144,8 +151,8 @@ def test_split_inside_a_chunk_starts_a_new_chunk():
 
 def test_write_only_gives_the_same_state():
     x = make_inputs(13, 2)
-    _, (W, S) = chunked.titans_memory(**x, chunk_size=4)
-    y_none, (W2, S2) = chunked.titans_memory(**{**x, "q": None}, chunk_size=4)
+    _, (W, S) = call(chunked.titans_memory, x, chunk_size=4)
+    y_none, (W2, S2) = call(chunked.titans_memory, {**x, "q": None}, chunk_size=4)
     assert y_none is None
     assert_rel_close((*W2, *S2), (*W, *S), rel=1e-14)
 
@@ -154,7 +161,7 @@ def test_reads_use_the_chunk_start_weights():
     """y of chunk n depends on the keys of earlier chunks only, never on those of its own chunk."""
     x = make_inputs(12, 2)
     k = x["k"].requires_grad_()
-    y, _ = chunked.titans_memory(**x, chunk_size=4)
+    y, _ = call(chunked.titans_memory, x, chunk_size=4)
     dk = torch.autograd.grad(y[:, :, 4:8].sum(), k)[0]  # second chunk
     assert dk[:, :, :4].abs().sum() > 0
     assert dk[:, :, 4:].abs().sum() == 0
@@ -163,10 +170,10 @@ def test_reads_use_the_chunk_start_weights():
 @pytest.mark.parametrize("gate", ["theta", "eta", "alpha"])
 def test_every_gate_changes_the_result(gate):
     x = make_inputs(12, 2)
-    y, (W, _) = chunked.titans_memory(**x, chunk_size=4)
+    y, (W, _) = call(chunked.titans_memory, x, chunk_size=4)
     x[gate] = x[gate].clone()
     x[gate][..., 2] *= 0.5
-    y2, (W2, _) = chunked.titans_memory(**x, chunk_size=4)
+    y2, (W2, _) = call(chunked.titans_memory, x, chunk_size=4)
     torch.testing.assert_close(y2[:, :, :4], y[:, :, :4], rtol=0, atol=0)  # its own chunk reads older weights
     assert not torch.allclose(y2[:, :, 4:], y[:, :, 4:])
     assert not torch.allclose(W2[0], W[0])
@@ -201,7 +208,7 @@ def test_clipping_bounds_the_step_of_each_token():
     for t in range(7):
         tokens = {n: x[n][:, :, t : t + 1] for n in ("q", "k", "v", "theta", "eta", "alpha")}
         step = {**x, **tokens, "weights": (W,)}
-        _, ((W_next,), _) = chunked.titans_memory(**step, chunk_size=1, residual=False, max_grad_norm=0.5)
+        _, ((W_next,), _) = call(chunked.titans_memory, step, chunk_size=1, residual=False, max_grad_norm=0.5)
         moved = (W_next - W).flatten(-2).norm(dim=-1)  # [B, H]
         torch.testing.assert_close(moved, 0.5 * x["theta"][..., t], rtol=1e-12, atol=0)
         W = W_next

@@ -2,6 +2,7 @@
 
     python tests/tools/preset_logits.py --out before.json               # on the old code
     python tests/tools/preset_logits.py --check before.json             # on the new code: exit 1 on any change
+    python tests/tools/preset_logits.py --check before.json --overrides hope_safe_step=false   # a new option off
 
 Each preset is built in float64 and its parameters are set from a generator seeded by the parameter's *name*, so
 the fingerprint does not depend on the order in which modules create their parameters (only on their names,
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from hope.config import PRESETS, ModelConfig
 from hope.model import HopeLM
@@ -41,8 +43,8 @@ def digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
 
 
-def fingerprint(name: str, seq_len: int) -> dict:
-    config = ModelConfig.from_preset(name)
+def fingerprint(name: str, seq_len: int, overrides: dict | None = None) -> dict:
+    config = ModelConfig.from_preset(name, **(overrides or {}))
     model = HopeLM(config).double().eval()
     set_parameters_by_name(model)
     idx = torch.randint(0, config.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(0))
@@ -70,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", nargs="*", default=None, help="default: every preset")
     parser.add_argument("--seq_len", type=int, default=72)
     parser.add_argument("--max_params", type=float, default=float("inf"), help="skip larger presets")
+    parser.add_argument("--overrides", nargs="*", default=[], help="KEY=VALUE (YAML) config fields for every preset")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.overrides)}
     reference = json.loads(Path(args.check).read_text()) if args.check else {}
     names = args.presets or (sorted(reference) if reference else sorted(PRESETS))
     results, changed = {}, []
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped (> max_params)")
             continue
         start = time.perf_counter()
-        results[name] = fingerprint(name, args.seq_len)
+        results[name] = fingerprint(name, args.seq_len, overrides)
         verdict = ""
         if name in reference:
             same = {

@@ -86,11 +86,13 @@ class EWC(FinetuneMethod):
         self._anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in self._fisher}
 
     def setup_data(self, model: nn.Module, tokenizer: Tokenizer, seq_len: int) -> None:
+        """Fisher and anchor from ``fisher_source`` (``hope finetune``); nothing if restored or no source is set."""
         if self._fisher or self.fisher_source is None:
             return  # restored from a checkpoint, or the harness: the first task's Fisher comes after it
         self.consolidate(model, *source_blocks(self.fisher_source, tokenizer, seq_len, self.fisher_blocks))
 
     def check_finetune(self) -> None:
+        """Raise unless a Fisher exists (``fisher_source`` set or restored): ``hope finetune`` has no earlier task."""
         if not self._fisher:
             raise ValueError(
                 "EWC in `hope finetune` needs the data the starting checkpoint must not forget: set "
@@ -98,6 +100,7 @@ class EWC(FinetuneMethod):
             )
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """λ/2 · Σ_i F_i (θ_i − θ*_i)² over the parameters with a Fisher, or None before the first consolidation."""
         if not self._fisher:
             return None
         total = 0.0
@@ -110,14 +113,18 @@ class EWC(FinetuneMethod):
         return penalty
 
     def end_task(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Consolidate the task just learned: add its Fisher and move the anchor to the current weights."""
         self.consolidate(model, inputs, labels)
 
     def step_stats(self) -> dict[str, float]:
+        """The last penalty's value, logged as ``train/penalty``."""
         return {"penalty": self._last_penalty}
 
     def state_dict(self) -> dict:
+        """The base state plus the Fisher and anchor tensors, so a resumed run keeps the penalty."""
         return {**super().state_dict(), "fisher": self._fisher, "anchor": self._anchor}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the task count, Fisher and anchor saved by ``state_dict``."""
         super().load_state_dict(state)
         self._fisher, self._anchor = dict(state.get("fisher", {})), dict(state.get("anchor", {}))

@@ -50,4 +50,5 @@ class EpochFinetune(FullFinetune):
         super().__init__(TaskLoop(lr, epochs, batch_size, seq_len, weight_decay, grad_clip, seed))
 
     def config(self) -> dict:
+        """The flat ``TaskLoop`` arguments, as they were given."""
         return dataclasses.asdict(self.loop)  # the flat arguments, as they were given

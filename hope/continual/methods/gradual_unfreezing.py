@@ -41,6 +41,7 @@ class GradualUnfreezing(LayerwiseLRDecay):
         return max(0, n_layer + 1 - step // self.unfreeze_every)
 
     def before_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Drop the gradients of the layers still frozen at ``step`` (depth below ``lowest_thawed``)."""
         n_layer = len(model.blocks)
         self._lowest = self.lowest_thawed(n_layer, step)
         for name, p in model.named_parameters():
@@ -48,4 +49,5 @@ class GradualUnfreezing(LayerwiseLRDecay):
                 p.grad = None
 
     def step_stats(self) -> dict[str, float]:
+        """The lowest thawed depth at the last step, logged as ``train/lowest_thawed_depth``."""
         return {"lowest_thawed_depth": float(self._lowest)}

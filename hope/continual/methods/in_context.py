@@ -30,13 +30,16 @@ class InContext(ContinualMethod):
         self._seen: dict[str, list[int]] = {}
 
     def setup(self, model: nn.Module, tokenizer: Tokenizer) -> None:
+        """Forget every task kept so far; the model itself is left as it is."""
         self._seen = {}
 
     def learn(self, model: nn.Module, task: Task, tokenizer: Tokenizer) -> dict[str, float]:
+        """Keep the task's training text as tokens (no weight update); returns the total context tokens kept."""
         self._seen[task.name] = tokenizer.encode("\n".join(task.train) + "\n", bos=False)
         return {"context_tokens": float(sum(len(t) for t in self._seen.values()))}
 
     def eval_context(self, model: nn.Module, task: Task | None, tokenizer: Tokenizer) -> EvalContext:
+        """Kept tokens to prepend (``scope``: all tasks seen, or the tested one), at most the last ``max_tokens``."""
         if task is None:
             return EvalContext()
         if self.scope == "task":

@@ -35,5 +35,6 @@ class LayerwiseLRDecay(FinetuneMethod):
         self.decay = decay
 
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        """lr multiplier ``decay ** (n_layer + 1 - depth)`` per parameter: 1 at the head, smallest at the embedding."""
         top = len(model.blocks) + 1
         return {name: self.decay ** (top - depth(name, len(model.blocks))) for name, _ in model.named_parameters()}

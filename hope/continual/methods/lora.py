@@ -56,12 +56,15 @@ class LoRA(FinetuneMethod):
         apply_lora(model, self._modules, self.rank, self.alpha, self.dropout)
 
     def trains(self, name: str) -> bool:
+        """Whether ``name`` is an adapter matrix (``lora_a``/``lora_b``): only those train."""
         return name.endswith((".lora_a", ".lora_b"))
 
     def structure(self) -> dict:
+        """The adapted module names, rank and alpha, so ``load_finetuned`` can rebuild the LoRA layers."""
         return {"lora": {"modules": self._modules, "rank": self.rank, "alpha": self.alpha}}
 
     def end_task(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """With ``merge_after_task``, merge each adapter into its weight and restart it from B = 0."""
         if self.merge_after_task:
             for module in lora_modules(model):
                 module.merge()

@@ -70,6 +70,7 @@ class Replay(FinetuneMethod):
 
     # -- pools -----------------------------------------------------------------------------------------------------
     def setup_data(self, model: nn.Module, tokenizer: Tokenizer, seq_len: int) -> None:
+        """Draw the general pool (if ``general_ratio`` > 0) and fill the buffer from ``replay_sources``, if missing."""
         if self.general_ratio > 0 and self._general is None:
             self._general = source_blocks(self.general_source, tokenizer, seq_len, self.general_blocks)
         if self._buffer is None and self.replay_sources:
@@ -78,6 +79,7 @@ class Replay(FinetuneMethod):
             self._buffer = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
 
     def check_finetune(self) -> None:
+        """Raise if ``buffer_ratio`` > 0 but the buffer is empty (``hope finetune`` without ``replay_sources``)."""
         if self.buffer_ratio > 0 and self._buffer is None:
             raise ValueError(
                 "Replay with buffer_ratio > 0 in `hope finetune` needs earlier tasks' data: set "
@@ -105,6 +107,7 @@ class Replay(FinetuneMethod):
         return math.floor(after * share + 1e-9) - math.floor(before * share + 1e-9)
 
     def mix_batch(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """The task batch plus buffer and general rows (drawn by seed, task and step) that keep the running ratios."""
         before, self._task_rows = self._task_rows, self._task_rows + len(batch["input_ids"])
         gen = torch.Generator().manual_seed(random.Random(f"{self.seed}/{self._tasks_learned}/{step}").randrange(2**31))
         inputs, labels = [batch["input_ids"]], [batch["labels"]]
@@ -127,11 +130,13 @@ class Replay(FinetuneMethod):
         return {**batch, "input_ids": torch.cat(inputs), "labels": torch.cat(labels)}
 
     def step_stats(self) -> dict[str, float]:
+        """Shares of all trained sequences replayed so far from each pool, logged as ``train/replayed_<pool>_share``."""
         total = self._task_rows + sum(self._replayed.values())
         return {f"replayed_{k}_share": v / max(total, 1) for k, v in self._replayed.items()}
 
     # -- state -----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The base state plus the buffer tensors and the running totals, so a resumed run replays the same rows."""
         buffer = {} if self._buffer is None else {"buffer_inputs": self._buffer[0], "buffer_labels": self._buffer[1]}
         return {
             **super().state_dict(),
@@ -142,6 +147,7 @@ class Replay(FinetuneMethod):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the buffer and the running totals saved by ``state_dict``."""
         super().load_state_dict(state)
         if "buffer_inputs" in state:
             self._buffer = (state["buffer_inputs"], state["buffer_labels"])

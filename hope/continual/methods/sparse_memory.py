@@ -60,6 +60,7 @@ class SparseMemoryFinetune(FinetuneMethod):
         self._layers: list = []
 
     def prepare(self, model: nn.Module) -> None:
+        """Find the product-key memory layers and set their ``train_top_t`` and ranking; raise if the model has none."""
         found = memory_layers(model)
         if not found:
             raise ValueError(
@@ -72,15 +73,18 @@ class SparseMemoryFinetune(FinetuneMethod):
             layer.train_top_t, layer.ranking = self.top_t, self.ranking
 
     def trains(self, name: str) -> bool:
+        """Whether ``name`` is a memory layer's value table (``<layer>.values.weight``): only those train."""
         return name in self._values
 
     def make_optimizer(
         self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
     ) -> torch.optim.Optimizer:
+        """Plain SGD at the groups' lr, weight decay forced to 0 (SMF §4)."""
         # weight decay would shrink every slot, selected or not: SMF's SGD has none
         return torch.optim.SGD([{**g, "weight_decay": 0.0} for g in groups], lr=groups[0]["lr"])
 
     def setup_data(self, model: nn.Module, tokenizer: Tokenizer, seq_len: int) -> None:
+        """Record the TF-IDF background statistics from ``background_source`` unless the checkpoint brought them."""
         if self.ranking != "tfidf" or all(int(layer.background_batches) > 0 for layer in self._layers):
             return  # TF needs no background; or it came with the checkpoint
         inputs, _ = source_blocks(
@@ -89,5 +93,6 @@ class SparseMemoryFinetune(FinetuneMethod):
         record_background(model, inputs.split(self.background_batch_size))
 
     def step_stats(self) -> dict[str, float]:
+        """Number of memory slots that received gradient at the last step (summed over layers), if any were masked."""
         masks = [layer.last_mask for layer in self._layers if layer.last_mask is not None]
         return {"trained_slots": float(sum(int(m.sum()) for m in masks))} if masks else {}

@@ -2,7 +2,7 @@
 harness that runs a ``hope.continual`` method through them and reports the retention matrix."""
 
 from hope.evaluation.retention.classification import ClassIncremental
-from hope.evaluation.retention.domains import DomainSequence
+from hope.evaluation.retention.domains import DomainSequence, LocalDomains
 from hope.evaluation.retention.facts import SyntheticFacts
 from hope.evaluation.retention.harness import run_retention, write_outputs
 from hope.evaluation.retention.tasks import CandidateRanking, HeldOutPerplexity, QAItem, TaskSuite
@@ -12,6 +12,7 @@ __all__ = [
     "ClassIncremental",
     "DomainSequence",
     "HeldOutPerplexity",
+    "LocalDomains",
     "QAItem",
     "SyntheticFacts",
     "TaskSuite",

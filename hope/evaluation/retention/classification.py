@@ -62,6 +62,7 @@ class ClassIncremental(TaskSuite):
         self.text_field, self.label_field, self.seed = text_field, label_field, seed
 
     def tasks(self) -> list[Task]:
+        """``n_tasks`` groups of random classes: "text / Label" lines to train on, all-class ranking as the test."""
         train, test = self._examples()
         classes = sorted(set(train) & set(test))
         needed = self.n_tasks * self.classes_per_task

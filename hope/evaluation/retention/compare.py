@@ -68,11 +68,8 @@ def compare(
     out: str = "docs/finetune-comparison",
     reports: str = "runs/finetune-comparison",
     methods: list[str] | None = None,
-    n_tasks: int = 3,
-    people_per_task: int = 6,
-    paraphrases: int = 3,
+    suite: SyntheticFacts | None = None,
     epochs: int = 10,
-    test_template: str = "heldout",
     general_tokens: int = 4096,
     seed: int = 0,
 ) -> list[dict]:
@@ -83,22 +80,14 @@ def compare(
         out: path prefix of the table and the plot (``.md``, ``.png``, ``.json``).
         reports: folder of the harness's reports, one subfolder per method.
         methods: names from ``default_methods`` to run (default: all).
-        n_tasks: fact sets learned in order.
-        people_per_task: people per fact set (4 facts each).
-        paraphrases: training statements per fact.
+        suite: the facts suite, ``SyntheticFacts`` with its defaults unless set (``--suite.n_tasks``,
+            ``--suite.people_per_task``, ...).
         epochs: passes over each task's text.
-        test_template: ``heldout`` (a question wording never trained on) or ``seen``.
         general_tokens: tokens of general text scored before and after (perplexity).
-        seed: torch seed and the suite's seed.
+        seed: torch seed.
     """
     start, tokenizer = load_for_eval(checkpoint, device="cpu")
-    suite = SyntheticFacts(
-        n_tasks=n_tasks,
-        people_per_task=people_per_task,
-        paraphrases=paraphrases,
-        test_template=test_template,
-        seed=seed,
-    )
+    suite = suite if suite is not None else SyntheticFacts()
     general = general_perplexity_set(general_tokens)
     chosen = default_methods(epochs)
     rows = []
@@ -120,6 +109,7 @@ def compare(
 
 
 def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
+    """One comparison row: the report's summary, general perplexity before and after, trainable params, seconds."""
     g, s = report["general"], report["summary"]
     return {
         "method": name,
@@ -137,6 +127,7 @@ def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
 
 
 def table(rows: list[dict], checkpoint: str, suite) -> str:
+    """The comparison rows as a Markdown table, under a line naming the starting checkpoint, the suite and chance."""
     head = (
         "| method | learned (acc. right after each task) | final avg. acc. | forgetting of facts | BWT | "
         "general ppl before → after | general ppl increase | trainable params | seconds |\n"

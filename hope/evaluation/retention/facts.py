@@ -6,11 +6,17 @@ starting model scores at chance, and a method must learn them from the training 
 
 - Training text: ``paraphrases`` statements per fact, drawn from the relation's training templates ("Dravo Kelmin
   was born in Ostrella.", "Ostrella is the hometown of Dravo Kelmin.", ...), shuffled within the task.
-- Test: one closed-book cloze per fact ("The birthplace of Dravo Kelmin is"), scored by ranking
-  ``n_candidates`` values of the same relation by log-likelihood (``CandidateRanking``; chance =
-  1 / n_candidates). With ``test_template="heldout"`` (default) the cloze wording never appears in training,
-  so a correct answer needs the fact, not the sentence; ``"seen"`` tests with a training template
-  (memorisation; useful for very small models).
+- Test: one closed-book cloze per fact, scored by ranking ``n_candidates`` values of the same relation by
+  log-likelihood (``CandidateRanking``; chance = 1 / n_candidates), with a binomial standard error. With
+  ``test_template="seen"`` (default) the cloze is the first training template cut before the value ("Dravo Kelmin
+  was born in"): recall of a trained fact, as closed-book QA after finetuning. With ``"heldout"`` it is a wording
+  never trained on ("The birthplace of Dravo Kelmin is"), so a correct answer needs the fact, not the sentence.
+
+The defaults (70 people per task: 280 questions, so every accuracy has a standard error <= 0.030; all 4 training
+templates per fact; the seen cloze) are what the debug model learns well above chance: the 400-step debug
+Transformer++ (``configs/pretrain/debug.yaml``, val ppl 161), finetuned on one task with ``EpochFinetune``'s
+defaults, went from 0.136 to 0.371 +- 0.029 (chance 0.125). With the held-out cloze it reached only
+0.236 +- 0.025: a ~3M-parameter model trained on code barely generalises a fact to a new wording.
 
 Tasks are disjoint in people, and share the value pools, so later tasks compete for the same answers (the
 interference that causes forgetting). Everything is a pure function of ``seed``.
@@ -115,6 +121,8 @@ _YEARS = [str(y) for y in range(1702, 1999, 19)]
 
 @dataclass(frozen=True)
 class Relation:
+    """One relation of the synthetic facts: its name, candidate values, training templates and test cloze."""
+
     name: str
     values: list[str]
     train_templates: list[str]
@@ -178,8 +186,8 @@ class SyntheticFacts(TaskSuite):
         people_per_task: people per task; each has one fact per relation (4 relations).
         paraphrases: training statements per fact (<= 4: the number of training templates per relation).
         n_candidates: answers ranked per question, the true one included (chance = 1 / n_candidates).
-        test_template: ``heldout`` (a cloze wording never trained on) or ``seen`` (the first training template,
-            cut before the value).
+        test_template: ``seen`` (the first training template, cut before the value) or ``heldout`` (a cloze
+            wording never trained on).
         seed: everything (names, values, paraphrases, candidates, order) follows from it.
     """
 
@@ -188,10 +196,10 @@ class SyntheticFacts(TaskSuite):
     def __init__(
         self,
         n_tasks: int = 3,
-        people_per_task: int = 6,
-        paraphrases: int = 3,
+        people_per_task: int = 70,
+        paraphrases: int = 4,
         n_candidates: int = 8,
-        test_template: str = "heldout",
+        test_template: str = "seen",
         seed: int = 0,
     ) -> None:
         if not 1 <= paraphrases <= 4:
@@ -206,6 +214,7 @@ class SyntheticFacts(TaskSuite):
         self.n_candidates, self.test_template, self.seed = n_candidates, test_template, seed
 
     def tasks(self) -> list[Task]:
+        """One task per group of new people: paraphrased facts to train on, candidate answers to rank as the test."""
         rng = random.Random(self.seed)
         people = _unique_names(rng, self.n_tasks * self.people_per_task)
         tasks = []

@@ -5,6 +5,10 @@ learned anything, the baseline ``b`` of forward transfer), the continual-learnin
 (``hope.evaluation.metrics``), a held-out general metric before and after (perplexity on the default corpus's
 validation split, bounded; its relative increase is SMF's "NQ drop" analogue), the methods' learning statistics,
 TensorBoard scalars, a JSON report, a heatmap of R and per-task curves.
+
+A test set with a ``standard_error(score)`` method (``CandidateRanking``: binomial) also gets the standard error of
+every entry of R (``standard_errors`` in the JSON, "± s.e." in the printed summary), and of the average accuracy
+(tasks independent: sqrt(sum of squares) / T).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def general_perplexity_set(max_tokens: int = 4096, max_documents: int = 8, chunk
 
 
 def evaluate_row(model: nn.Module, tokenizer: Tokenizer, method: ContinualMethod, tasks: list[Task]) -> list[float]:
+    """One row of R: every task's test score, each under the context the method gives for that task."""
     return [t.test.evaluate(model, tokenizer, method.eval_context(model, t, tokenizer)) for t in tasks]
 
 
@@ -92,6 +97,9 @@ def run_retention(
         "summary": metrics.continual_summary(R, baseline, higher),
         "learn_stats": stats,
     }
+    errors = standard_errors(tasks, rows)
+    if errors is not None:
+        report["standard_errors"] = errors
     if general is not None:
         report["general"] = {
             "metric": general.metric,
@@ -109,6 +117,15 @@ def run_retention(
             writer.add_scalar("summary/general_relative_drop", report["general"]["relative_drop"], len(tasks))
         writer.flush()
     return report
+
+
+def standard_errors(tasks: list[Task], rows: list[list[float]]) -> dict | None:
+    """Standard errors of every entry of ``rows`` (R with the initial row) and of the final average, if the tests
+    know theirs; None otherwise."""
+    if not all(callable(getattr(t.test, "standard_error", None)) for t in tasks):
+        return None
+    matrix = [[t.test.standard_error(score) for t, score in zip(tasks, row, strict=True)] for row in rows]
+    return {"matrix_with_initial": matrix, "average_accuracy": sum(e * e for e in matrix[-1]) ** 0.5 / len(tasks)}
 
 
 def _log_row(writer, step, names, metric, row, general_score, general, stats=None) -> None:
@@ -139,16 +156,21 @@ def write_outputs(report: dict, out_dir: str | Path) -> dict[str, str]:
 
 def format_summary(report: dict) -> str:
     """A few lines for the terminal: the matrix and the summary."""
-    names, metric = report["task_names"], report["metric"]
-    width = max(12, *(len(n) + 2 for n in names))
+    names, metric, errors = report["task_names"], report["metric"], report.get("standard_errors")
+    width = max(12 if errors is None else 15, *(len(n) + 2 for n in names))
     lines = [
         f"{report['suite']} / {report['method']['name']}: {metric} (rows: after learning; columns: task)",
         " " * 14 + "".join(n.rjust(width) for n in names),
     ]
-    for label, row in zip(["initial", *names], report["matrix_with_initial"], strict=True):
-        lines.append(f"{label[:13]:<14}" + "".join(f"{v:{width}.4g}" for v in row))
+    for i, (label, row) in enumerate(zip(["initial", *names], report["matrix_with_initial"], strict=True)):
+        cells = [f"{v:.4g}" for v in row]
+        if errors is not None:
+            cells = [f"{c}±{e:.3f}" for c, e in zip(cells, errors["matrix_with_initial"][i], strict=True)]
+        lines.append(f"{label[:13]:<14}" + "".join(c.rjust(width) for c in cells))
     names_in_metric = {"average_accuracy": f"average {metric}", "learning_accuracy": f"just-learned {metric}"}
     lines.append("  ".join(f"{names_in_metric.get(k, k)} {v:.4g}" for k, v in report["summary"].items()))
+    if errors is not None:
+        lines.append(f"(± binomial standard error; average {metric} ±{errors['average_accuracy']:.3f})")
     if "general" in report:
         g = report["general"]
         lines.append(

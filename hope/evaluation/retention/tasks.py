@@ -6,9 +6,9 @@ it*: the method may hand over an ``EvalContext`` with tokens to prepend (in-cont
 state to start from (test-time memory). Two test sets cover the built-in suites:
 
 - ``CandidateRanking`` (metric ``accuracy``): a prompt and candidate answers; the answer counts as correct when
-  its summed log-likelihood after the prompt is the highest (lm-eval's ``acc`` for multiple choice). For tiny
-  models this is far more robust than exact-match on greedy generations, which stays at 0 until a model is
-  strong, and its chance level (1 / candidates) is known.
+  its summed log-likelihood after the prompt is the highest (lm-eval's ``acc`` for multiple choice, with its
+  binomial standard error, ``standard_error``). For tiny models this is far more robust than exact-match on
+  greedy generations, which stays at 0 until a model is strong, and its chance level (1 / candidates) is known.
 - ``HeldOutPerplexity`` (metric ``perplexity``): token perplexity of held-out text, in chunks of ``chunk``
   tokens; each chunk's first token is context only, so the same tokens are scored with and without a prefix.
 """
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hope.continual.method import EvalContext, Task
-from hope.evaluation.scoring import Window, continuation_logprobs, read_context, score_windows
+from hope.evaluation.scoring import Window, continuation_token_scores, read_context, score_windows, summed
 from hope.tokenizer import Tokenizer
 
 
@@ -57,14 +57,21 @@ class CandidateRanking:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float:
+        """Share of items whose right answer has the highest summed log-likelihood after context and prompt."""
         prefix = _bos(tokenizer) + list(context.tokens)
         correct = 0
         for item in self.items:
             pairs = [encode_pair(tokenizer, item.prompt, " " + c) for c in item.candidates]
-            scores = continuation_logprobs(model, prefix + pairs[0][0], [cont for _, cont in pairs], context.state)
+            scores = summed(
+                continuation_token_scores(model, prefix + pairs[0][0], [c for _, c in pairs], context.state)
+            )
             best = max(range(len(scores)), key=lambda i: scores[i][0])
             correct += item.candidates[best] == item.answer
         return correct / len(self.items)
+
+    def standard_error(self, accuracy: float) -> float:
+        """Binomial standard error of an accuracy over these items, sqrt(p (1 - p) / (n - 1)) (lm-eval's)."""
+        return math.sqrt(accuracy * (1 - accuracy) / max(len(self.items) - 1, 1))
 
 
 class HeldOutPerplexity:
@@ -93,6 +100,7 @@ class HeldOutPerplexity:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float:
+        """Token perplexity of the test stream, chunk by chunk, each after the method's context (prefix, state)."""
         stream = self.tokens(tokenizer)
         room = max(model.config.max_seq_len + 1 - self.chunk, 0)  # prefix tokens that fit in a window with a chunk
         prefix, state = read_context(model, context.tokens, room, context.state)
@@ -121,6 +129,7 @@ class TaskSuite:
     name = "suite"
 
     def tasks(self) -> list[Task]:
+        """The suite's tasks in learning order; subclasses build them from their seeded options."""
         raise NotImplementedError
 
     def config(self) -> dict:

@@ -15,7 +15,8 @@ mixers are:
   - Attention sub-layer: x + W_O SW-Attn*(norm(x)).
 
 **Persistent tokens.** P holds N_p learnable tokens per layer, living in the normalised input space.
-- Attention (MAG, MAL; MAC in ``mac.py``): P is an always-visible, position-free prefix (see ``attention.py``).
+- Attention (MAG, MAL; MAC in ``mac.py``): P is an always-visible, position-free prefix (see
+  ``hope.layers.attention``).
 - Memory (LMM, MAG, MAL): P is prepended to the memory's input stream, x~ = [P | x] (Eq. 19). The first call of a
   stream (state None) reads and writes P before x; the memory outputs at P's positions are dropped. In the paper's
   MAL the attention sees those outputs M(P) as its prefix. They depend on parameters only, so we give the
@@ -36,10 +37,10 @@ import torch
 from torch import nn
 
 from hope.config import ModelConfig
+from hope.layers.attention import CausalSelfAttention, KVCache
 from hope.layers.mlp import SwiGLU
 from hope.layers.neural_memory import NeuralMemory, NeuralMemoryState
 from hope.layers.norm import RMSNorm
-from hope.layers.titans.attention import TitansAttention, WindowState
 
 __all__ = ["HybridState", "LMMBlock", "MAGBlock", "MALBlock", "GatedOutput", "TitansBlock", "build_memory"]
 
@@ -63,6 +64,8 @@ def build_memory(config: ModelConfig) -> NeuralMemory:
         max_grad_norm=config.memory_max_grad_norm,
         alpha_init=config.memory_alpha_init,
         compile=config.memory_compile,
+        recompute=config.memory_recompute,
+        kernel=config.memory_kernel,
     )
 
 
@@ -76,6 +79,7 @@ class GatedOutput(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, y_BTC: torch.Tensor, m_BTC: torch.Tensor) -> torch.Tensor:
+        """o [B, T, C] from the attention branch y and the memory branch m."""
         return self.proj(self.attn_norm(y_BTC) * torch.sigmoid(self.memory_norm(m_BTC)))
 
 
@@ -111,6 +115,7 @@ class TitansBlock(nn.Module):
         return y[:, n_p:], state
 
     def feed_forward(self, x_BTC: torch.Tensor) -> torch.Tensor:
+        """The closing sub-layer x + SwiGLU(RMSNorm(x))."""
         return x_BTC + self.mlp(self.mlp_norm(x_BTC))
 
 
@@ -118,7 +123,7 @@ class HybridState(NamedTuple):
     """State of a MAG or MAL block."""
 
     memory: NeuralMemoryState
-    attention: WindowState
+    attention: KVCache
 
 
 class LMMBlock(TitansBlock):
@@ -129,6 +134,7 @@ class LMMBlock(TitansBlock):
         self.memory_norm = RMSNorm(config.n_embd, config.norm_eps)
 
     def forward(self, x: torch.Tensor, state: NeuralMemoryState | None = None):
+        """The block's output and the memory's new state (None starts a stream)."""
         m, state = self.remember(self.memory_norm(x), state)
         return self.feed_forward(x + m), state
 
@@ -139,13 +145,14 @@ class MAGBlock(TitansBlock):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.mixer_norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.attn = TitansAttention(config)
+        self.attn = CausalSelfAttention(config, output_proj=False)
         self.out = GatedOutput(config.n_embd, config.norm_eps)
 
     def forward(self, x: torch.Tensor, state: HybridState | None = None):
+        """The block's output and the new memory state and KV cache (None starts a stream)."""
         memory_state, window_state = (None, None) if state is None else state
         h = self.mixer_norm(x)
-        y, window_state = self.attn.sliding(h, window_state, self.persistent)  # Eqs. 26-27: SW-Attn*([P | x])
+        y, window_state = self.attn(h, window_state, self.persistent)  # Eqs. 26-27: SW-Attn*([P | x])
         m, memory_state = self.remember(h, memory_state)  # M(x~) of Eq. 28
         x = x + self.out(y, m)  # Eq. 28: o = y (x) M(x~), normalised and gated
         return self.feed_forward(x), HybridState(memory_state, window_state)
@@ -158,13 +165,14 @@ class MALBlock(TitansBlock):
         super().__init__(config)
         self.memory_norm = RMSNorm(config.n_embd, config.norm_eps)
         self.attn_norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.attn = TitansAttention(config)
+        self.attn = CausalSelfAttention(config, output_proj=False)
         self.proj = nn.Linear(config.n_head * config.resolved_head_dim, config.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor, state: HybridState | None = None):
+        """The block's output and the new memory state and KV cache (None starts a stream)."""
         memory_state, window_state = (None, None) if state is None else state
         m, memory_state = self.remember(self.memory_norm(x), memory_state)  # Eq. 30: y = M(x~)
         x = x + m
-        y, window_state = self.attn.sliding(self.attn_norm(x), window_state, self.persistent)  # Eq. 31, with P
+        y, window_state = self.attn(self.attn_norm(x), window_state, self.persistent)  # Eq. 31, with P
         x = x + self.proj(y)
         return self.feed_forward(x), HybridState(memory_state, window_state)

@@ -14,7 +14,7 @@ Where the paper is ambiguous, we choose:
 - **One memory token per segment token.** The memory token h_j and the segment token S_j share position j, and a
   segment token i sees h_j and S_j for j <= i. Literal causal attention over the concatenation [P | h | S] would
   let token i see every h_j, including h_j = M*(q_j) of later tokens j > i. That is a view of the very tokens a
-  causal LM must predict. P is visible to every token and is position-free; see ``attention.py``.
+  causal LM must predict. P is visible to every token and is position-free; see ``hope.layers.attention``.
 - **RoPE positions are local to the segment** (0 .. segment_len - 1), so every segment is computed alike.
 - **Causal read after the write.** The read m = M*_t(y_t) of Eq. 25, taken after writing the whole segment, would
   also leak later tokens. We use the LMM's chunk rule instead (Titans §3.2): y_j reads the weights at the start
@@ -40,9 +40,9 @@ from typing import NamedTuple
 import torch
 
 from hope.config import ModelConfig
+from hope.layers.attention import CausalSelfAttention
 from hope.layers.neural_memory import NeuralMemoryState
 from hope.layers.norm import RMSNorm
-from hope.layers.titans.attention import TitansAttention
 from hope.layers.titans.blocks import GatedOutput, TitansBlock
 
 __all__ = ["MACBlock", "MACState"]
@@ -70,16 +70,18 @@ class MACBlock(TitansBlock):
         super().__init__(config)
         self.segment_len = config.segment_len
         self.mixer_norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.attn = TitansAttention(config)
+        self.attn = CausalSelfAttention(config, output_proj=False)
         self.out = GatedOutput(config.n_embd, config.norm_eps)
 
     def init_state(self, x_BTC: torch.Tensor) -> MACState:
+        """The state at the start of a stream: the initial memory, no segment seen."""
         memory = self.memory.init_state(x_BTC.shape[0])
         query_cache = None if memory.conv_cache is None else memory.conv_cache[0]
         empty = x_BTC.new_zeros(x_BTC.shape[0], self.attn.n_head, 2, 0, self.attn.head_dim)
         return MACState(memory, memory.weights, query_cache, empty, empty)
 
     def forward(self, x: torch.Tensor, state: MACState | None = None) -> tuple[torch.Tensor, MACState]:
+        """The block's output and the new state (None starts a stream); calls may start and stop anywhere."""
         h = self.mixer_norm(x)
         state = self.init_state(h) if state is None else state
         outputs, start = [], 0

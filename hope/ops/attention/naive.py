@@ -1,24 +1,37 @@
-"""Reference attention: an explicit masked softmax, obviously correct, used to test the fused kernels."""
+"""Reference attention, obviously correct and slow: one query at a time, a softmax over the keys it may see.
+
+Only tests and benchmarks import this module; they compare every backend of ``fused.py`` against it. It computes in
+float64 whatever the inputs' dtype and returns that dtype.
+"""
 
 import math
 
 import torch
 
+__all__ = ["causal_attention_naive", "masked_attention_naive"]
 
-def causal_mask(seq_len: int, window: int | None, device=None) -> torch.Tensor:
-    """Boolean [T, T] mask, True where query t may attend key s: s <= t and (t - s) < window."""
-    t = torch.arange(seq_len, device=device)
-    delta_TT = t[:, None] - t[None, :]
-    allowed = delta_TT >= 0
-    if window is not None:
-        allowed &= delta_TT < window
-    return allowed
+
+def _attend(q_BHD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query per head [B, H, D] over its allowed keys and values [B, H, S, D]: sum_s softmax_s(q . k_s) v_s."""
+    scores_BHS = (k_BHSD.double() @ q_BHD.double()[..., None])[..., 0] * scale
+    return (torch.softmax(scores_BHS, dim=-1)[..., None] * v_BHSD.double()).sum(dim=-2)
 
 
 def causal_attention_naive(q_BHTD, k_BHTD, v_BHTD, window: int | None = None) -> torch.Tensor:
-    scores_BHTT = (q_BHTD @ k_BHTD.transpose(-1, -2)) / math.sqrt(q_BHTD.shape[-1])
-    mask = causal_mask(q_BHTD.shape[-2], window, q_BHTD.device)
-    scores_BHTT = scores_BHTT.masked_fill(~mask, float("-inf"))
-    # softmax in at least float32 (bf16 scores lose too much), in float64 when the inputs are
-    probs_BHTT = torch.softmax(scores_BHTT.to(torch.promote_types(scores_BHTT.dtype, torch.float32)), dim=-1)
-    return probs_BHTT.type_as(v_BHTD) @ v_BHTD
+    """Query t attends keys s with s <= t and t - s < window (all s <= t without a window); [B, H, T, D]."""
+    scale = 1 / math.sqrt(q_BHTD.shape[-1])
+    out_BHTD = torch.empty_like(q_BHTD)
+    for t in range(q_BHTD.shape[-2]):
+        keys = slice(0 if window is None else max(0, t - window + 1), t + 1)
+        out_BHTD[..., t, :] = _attend(q_BHTD[..., t, :], k_BHTD[..., keys, :], v_BHTD[..., keys, :], scale)
+    return out_BHTD
+
+
+def masked_attention_naive(q_BHTD, k_BHSD, v_BHSD, allowed_TS: torch.Tensor, scale: float | None = None):
+    """Query t attends the keys s where allowed[t, s]; scale 1 / sqrt(D) unless given; [B, H, T, D]."""
+    scale = 1 / math.sqrt(q_BHTD.shape[-1]) if scale is None else scale
+    out_BHTD = torch.empty_like(q_BHTD)
+    for t in range(q_BHTD.shape[-2]):
+        keys = allowed_TS[t].nonzero()[:, 0]
+        out_BHTD[..., t, :] = _attend(q_BHTD[..., t, :], k_BHSD[..., keys, :], v_BHSD[..., keys, :], scale)
+    return out_BHTD

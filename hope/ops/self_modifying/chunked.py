@@ -33,12 +33,16 @@ computes anyway, so W1_C = g W1_0 - Psi (G * z_k + D1) with Psi [D, C] built fro
 (``chunk_maps``): no D x D map and no D x D x E matmul. For M_memory, k, eta, alpha are inputs: the maps of all
 chunks come from one batched call before the loop. The N projection memories share k, eta, alpha (one map per
 chunk) and their input, so their W1 are kept side by side, [D, N E]: one matmul and one map for the whole group.
+
+The inner-step guard (``safe_step``, see ``naive.py``) is one more per-token scalar beside the clip's: for the
+gradient g = (k^T d1, h_k^T d2), J g = |h_k|^2 d2 + |k|^2 (act'(z_k) d1) W2_0 (one [C, E] x [E, D] matmul).
 """
 
 import torch
 
-from hope.ops.common import ACTIVATIONS, clip_scale, read_projections
+from hope.ops.common import ACTIVATIONS, clip_scale, read_projections, safe_step_scale
 from hope.ops.compile import compiled
+from hope.ops.recompute import recomputed
 
 __all__ = ["dgd_memory", "self_modifying_projections", "gate_products", "chunk_maps"]
 
@@ -90,7 +94,13 @@ def _twice_clip_scale(half_sq_norm: torch.Tensor, max_norm: float | None) -> tor
     return torch.full_like(half_sq_norm, 2.0) if scale is None else 2 * scale
 
 
-def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None, max_grad_norm=None):
+def _jvp_sq(e, d1, ag, k_sq, hk_sq, W2):
+    """|J g|^2 per token for its gradient g = (k^T d1, h_k^T e) (any common multiple of e and d1 = (e W2^T) act'):
+    the change of M(k) = k + act(k W1) W2 along g is |h_k|^2 e + |k|^2 (act'(z_k) d1) W2. Layout [.., C, D | E]."""
+    return (hk_sq[..., None] * e + k_sq[..., None] * ((ag * d1) @ W2)).pow(2).sum(-1)
+
+
+def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None, max_grad_norm=None, safe_step=False):
     """Read M_0(q) (if q is given) and write a chunk. k, v, q [.., C, D]; eta, alpha [.., C]; W1 [.., D, E].
 
     Leading dims broadcast: the projection group passes k [B, H, 1, C, D] against W1 [B, H, N, D, E].
@@ -105,12 +115,17 @@ def _write_chunk(W1, W2, k, v, eta, alpha, activation: str, q=None, max_grad_nor
     zk, hk = z[..., -C:, :], h[..., -C:, :]
 
     d2 = 2 * (Mk - vhat)  # dL/dM(k) of Eq. 88; vhat is the target (no inner derivative through it)
-    d1 = (d2 @ W2.mT) * act_grad(zk)
+    ag = act_grad(zk)
+    d1 = (d2 @ W2.mT) * ag
     # per-token gradient norms from vector norms: ||k^T d1||_F = |k| |d1|, ||h^T d2||_F = |h| |d2|
-    if max_grad_norm is not None:
-        sq_norm = k.pow(2).sum(-1) * d1.pow(2).sum(-1) + hk.pow(2).sum(-1) * d2.pow(2).sum(-1)
-        scale = clip_scale(sq_norm, max_grad_norm)[..., None]
-        d1, d2 = d1 * scale, d2 * scale
+    k_sq, hk_sq = k.pow(2).sum(-1), hk.pow(2).sum(-1)
+    sq_norm = k_sq * d1.pow(2).sum(-1) + hk_sq * d2.pow(2).sum(-1)
+    scale = clip_scale(sq_norm, max_grad_norm)
+    if safe_step:
+        step = safe_step_scale(sq_norm, _jvp_sq(d2, d1, ag, k_sq, hk_sq, W2), eta, C)
+        scale = step if scale is None else scale * step
+    if scale is not None:
+        d1, d2 = d1 * scale[..., None], d2 * scale[..., None]
 
     P = gate_products(alpha)
     G, S, r, g = P[..., :C, 0], P[..., :C, 1:], P[..., C, 1:], P[..., C, 0, None, None]
@@ -147,8 +162,8 @@ def chunk_maps(k, eta, alpha):
     return Psi, G, g, eta * r
 
 
-def _memory_step(W1, W2, X, Psi, G, g, er, k_sq, activation: str, max_grad_norm):
-    """One complete chunk of M_memory: X = [q; v; k] [B, H, 3C, D], the chunk's maps (:func:`chunk_maps`) and |k|^2.
+def _memory_step(W1, W2, X, Psi, G, g, er, k_sq, eta, activation: str, max_grad_norm, safe_step: bool):
+    """One complete chunk of M_memory: X = [q; v; k] [B, H, 3C, D], the chunk's maps (:func:`chunk_maps`), |k|^2, eta.
 
     One forward at the chunk-start weights, the inner gradients by hand (no autograd) and W1 <- g W1 - Psi (G Z_k + D1),
     W2 <- g W2 - (er H_k)^T D2. Returns y = M_0(q) and the chunk-end (W1, W2).
@@ -160,27 +175,46 @@ def _memory_step(W1, W2, X, Psi, G, g, er, k_sq, activation: str, max_grad_norm)
     y, vhat, Mk = (X + h @ W2).split(C, dim=-2)  # split: one cat in the backward
     zk, hk = z[..., 2 * C :, :], h[..., 2 * C :, :]
     e = Mk - vhat  # dL/dM(k) = 2 e, vhat the target
-    d1 = (e @ W2.mT) * act_grad(zk)  # half of dL/dz
+    ag = act_grad(zk)
+    d1 = (e @ W2.mT) * ag  # half of dL/dz
     # the factor 2 and the clip ride on per-token scalars: |grad|^2 = 4 (|k|^2 |d1|^2 + |h_k|^2 |e|^2)
-    s = _twice_clip_scale(k_sq * d1.pow(2).sum(-1) + hk.pow(2).sum(-1) * e.pow(2).sum(-1), max_grad_norm)
+    hk_sq = hk.pow(2).sum(-1)
+    half_sq = k_sq * d1.pow(2).sum(-1) + hk_sq * e.pow(2).sum(-1)
+    s = _twice_clip_scale(half_sq, max_grad_norm)
+    if safe_step:
+        s = s * safe_step_scale(half_sq, _jvp_sq(e, d1, ag, k_sq, hk_sq, W2), eta, C)
     W1 = g * W1 - Psi @ torch.addcmul(d1 * s[..., None], G, zk)  # Eq. 88 input side (delta rule), unrolled
     W2 = g * W2 - (hk * (er * s)[..., None]).mT @ e  # Eq. 88 output side (plain retention)
     return y, W1, W2  # y: Eq. 83 at the chunk-start weights
 
 
 def dgd_memory(
-    q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu", max_grad_norm=None, compile: bool = False
+    q,
+    k,
+    v,
+    eta,
+    alpha,
+    W1,
+    W2,
+    chunk_size: int,
+    activation: str = "silu",
+    max_grad_norm=None,
+    safe_step: bool = False,
+    compile: bool = False,
+    recompute: bool = False,
 ):
     """Chunk-parallel M_memory; arguments and result exactly as ``naive.dgd_memory``.
 
     Everything that does not involve the weights is hoisted out of the chunk loop and batched over all complete
     chunks: the [q; v; k] inputs of each chunk's forward, |k|^2 for the clip, and the gate maps of
     :func:`chunk_maps` (gate products and triangular solve included); each step of the loop is
-    :func:`_memory_step` (through torch.compile if ``compile``). A last, shorter chunk goes through ``_write_chunk``.
+    :func:`_memory_step` (through torch.compile if ``compile``; recomputed in backward from its chunk-boundary
+    weights if ``recompute``, see ``hope.ops.recompute``). A last, shorter chunk goes through ``_write_chunk``.
     """
     C = chunk_size
     n = k.shape[2] // C
     step = compiled(_memory_step) if compile else _memory_step
+    step = recomputed(step) if recompute else step
     ys = []
     if n:
         # [B, H, n C, ..] -> [n, B, H, C, ..]: chunk-major, so that every chunk's slice is contiguous
@@ -188,13 +222,13 @@ def dgd_memory(
         k_n, eta_n, alpha_n = chunks(k), chunks(eta), chunks(alpha)
         X_n = torch.cat([chunks(q), chunks(v), k_n], dim=-2)  # one forward per chunk reads q, writes (k, v)
         maps = chunk_maps(k_n, eta_n, alpha_n)
-        per_chunk = (t.unbind(0) for t in (X_n, *maps, k_n.pow(2).sum(-1)))  # unbind: one stack in the backward
+        per_chunk = (t.unbind(0) for t in (X_n, *maps, k_n.pow(2).sum(-1), eta_n))  # unbind: one stack in backward
         for X, *chunk in zip(*per_chunk, strict=True):
-            y, W1, W2 = step(W1, W2, X, *chunk, activation, max_grad_norm)
+            y, W1, W2 = step(W1, W2, X, *chunk, activation, max_grad_norm, safe_step)
             ys.append(y)
     if k.shape[2] > n * C:
         tail = tuple(t[:, :, n * C :] for t in (k, v, eta, alpha))
-        y, W1, W2 = _write_chunk(W1, W2, *tail, activation, q[:, :, n * C :], max_grad_norm)
+        y, W1, W2 = _write_chunk(W1, W2, *tail, activation, q[:, :, n * C :], max_grad_norm, safe_step)
         ys.append(y)
     return torch.cat(ys, dim=2), (W1, W2)
 
@@ -208,7 +242,7 @@ def _project(W1, W2, x, gate_w, gate_b, max_lr: float, activation: str):
     return read_projections(out, gate_w, gate_b, max_lr)
 
 
-def _write_shared(W1, W2, k, v, eta, alpha, activation: str, max_grad_norm=None):
+def _write_shared(W1, W2, k, v, eta, alpha, activation: str, max_grad_norm=None, safe_step=False):
     """``_write_chunk`` for the N projection memories, which share k, v, eta, alpha [B, H, C(, D)].
 
     W1 [B, H, D, N E] holds the input-side weights side by side: the forward of [v; k] is one matmul, and the N
@@ -225,10 +259,15 @@ def _write_shared(W1, W2, k, v, eta, alpha, activation: str, max_grad_norm=None)
     hv, hk = act(z).split(C, dim=-2)
     per_memory = lambda t: t.unflatten(-1, (N, E)).transpose(2, 3)  # noqa: E731  [B, H, C, N E] -> [B, H, N, C, E]
     e = (k - v)[:, :, None] + per_memory(hk - hv) @ W2  # [B, H, N, C, D]: M_m(k) - vhat_m, vhat_m = M_m(v)
-    d1 = (e @ W2.mT).transpose(2, 3) * act_grad(zk).unflatten(-1, (N, E))  # half of dL/dz: [B, H, C, N, E]
+    ag = act_grad(zk).unflatten(-1, (N, E))  # [B, H, C, N, E]
+    d1 = (e @ W2.mT).transpose(2, 3) * ag  # half of dL/dz: [B, H, C, N, E]
     # per token and memory, as in _write_chunk: |grad|^2 = 4 (|k|^2 |d1_m|^2 + |h_m|^2 |e_m|^2)
-    sq = k.pow(2).sum(-1)[..., None] * d1.pow(2).sum(-1) + hk.unflatten(-1, (N, E)).pow(2).sum(-1) * e.pow(2).sum(-1).mT
+    k_sq, hk_sq = k.pow(2).sum(-1)[..., None], hk.unflatten(-1, (N, E)).pow(2).sum(-1)  # [B, H, C, 1 | N]
+    sq = k_sq * d1.pow(2).sum(-1) + hk_sq * e.pow(2).sum(-1).mT
     s = _twice_clip_scale(sq, max_grad_norm)  # [B, H, C, N]
+    if safe_step:  # per memory: [B, H, C, N] -> [B, H, N, C] for _jvp_sq and back
+        jvp_sq = _jvp_sq(e, d1.transpose(2, 3), ag.transpose(2, 3), k_sq.mT, hk_sq.mT, W2).mT
+        s = s * safe_step_scale(sq, jvp_sq, eta[..., None], C)
 
     Psi, G, g, er = chunk_maps(k, eta, alpha)  # shared by the N memories
     W1 = g * W1 - Psi @ torch.addcmul((d1 * s[..., None]).flatten(-2), G, zk)  # Eq. 88 input side, all N at once
@@ -236,11 +275,11 @@ def _write_shared(W1, W2, k, v, eta, alpha, activation: str, max_grad_norm=None)
     return W1, W2
 
 
-def _projection_step(W1, W2, x, gate_w, gate_b, max_lr: float, activation: str, max_grad_norm):
+def _projection_step(W1, W2, x, gate_w, gate_b, max_lr: float, activation: str, max_grad_norm, safe_step: bool):
     """One projection chunk x [B, H, C, D]: (k, v, eta, alpha, q) at the chunk-start weights, and the chunk-end
     (W1, W2) of all N memories (W1 side by side, [B, H, D, N E])."""
     k, v, eta, alpha, q = _project(W1, W2, x, gate_w, gate_b, max_lr, activation)
-    W1, W2 = _write_shared(W1, W2, k, v, eta, alpha, activation, max_grad_norm)
+    W1, W2 = _write_shared(W1, W2, k, v, eta, alpha, activation, max_grad_norm, safe_step)
     return (k, v, eta, alpha, q), W1, W2
 
 
@@ -254,21 +293,25 @@ def self_modifying_projections(
     chunk_size: int,
     activation: str = "silu",
     max_grad_norm=None,
+    safe_step: bool = False,
     compile: bool = False,
+    recompute: bool = False,
 ):
     """Chunk-parallel projection memories; arguments and result exactly as ``naive.self_modifying_projections``.
 
     Here k, v, eta, alpha of a chunk come from its start weights, so only the layout helps: the N memories read
     the same input, so their input-side weights W1 [B, H, N, D, E] are kept side by side as [B, H, D, N E] inside
     the loop (see :func:`_write_shared`) and put back at the end. Each step is :func:`_projection_step` (through
-    torch.compile if ``compile``).
+    torch.compile if ``compile``; recomputed in backward if ``recompute``).
     """
     B, H, N, D, E = W1.shape
     W1 = W1.transpose(2, 3).reshape(B, H, D, N * E)
     step = compiled(_projection_step) if compile else _projection_step
+    step = recomputed(step) if recompute else step
     outs = []
     for s in range(0, x.shape[2], chunk_size):
-        out, W1, W2 = step(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation, max_grad_norm)
+        chunk = x[:, :, s : s + chunk_size]
+        out, W1, W2 = step(W1, W2, chunk, gate_w, gate_b, max_lr, activation, max_grad_norm, safe_step)
         outs.append(out)
     cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
     return tuple(cat), (W1.unflatten(-1, (N, E)).transpose(2, 3), W2)

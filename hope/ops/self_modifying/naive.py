@@ -39,6 +39,11 @@ Update (Eqs. 88-91): delta gradient descent with retention, for every memory m, 
 Inner gradient clipping (``max_grad_norm``, as in ``hope.ops.titans``): each token's (grad_W1, grad_W2) is scaled
   per memory by min(1, max_grad_norm / ||(grad_W1, grad_W2)||) before the step. The delta-rule factor is left
   alone: with unit k and eta <= 1 it cannot grow the weights. Off (None) in the references unless asked.
+Inner-step guard (``safe_step``, our addition): each token's (clipped) gradient g is scaled by
+  min(1, tau / (C eta_t)), tau = |g|^2 / (2 |J g|^2) the exact step of the token's own Gauss-Newton quadratic along
+  g (J g = d/ds M_{W - s g}(k), here by forward-mode autodiff), C the chunk's length: C summed steps cannot overshoot
+  even for C copies of one token. For a linear memory with unit keys tau = 1/2, which is max_lr = 1/(2C); with MLP
+  memories tau shrinks as the weights grow, and without the guard a trained model's memories diverged in context.
 Retrieval (Eq. 83): y_t = M_memory(q_t) at the weights the memory chunk of t started with. With chunk size 1 this
   is y_t = M_{memory,t-1}(q_t): read, then write, as in the paper.
 
@@ -54,7 +59,7 @@ float64 round-off, outputs, final states and gradients.
 
 import torch
 
-from hope.ops.common import Memory, clip_grads, project, residual_mlp
+from hope.ops.common import Memory, clip_grads, project, residual_mlp, safe_step_scale
 
 __all__ = ["dgd_memory", "self_modifying_projections", "self_modifying_titans_recurrent"]
 
@@ -77,19 +82,31 @@ def _dgd_step(W1, W2, G1, G2, k, eta, alpha):
     return W1, alpha * W2 - eta * G2
 
 
-def _write_chunk(W1, W2, k, v, eta, alpha, activation, max_grad_norm=None):
+def _safe_step(W1, W2, G1, G2, k, eta, activation, chunk_size):
+    """A token's clipped gradient times ``common.safe_step_scale``, with J g by forward-mode differentiation."""
+    _, Jg = torch.func.jvp(lambda A, B: residual_mlp(A, B, k, activation), (W1, W2), (G1, G2))
+    grad_sq = G1.pow(2).sum((-2, -1)) + G2.pow(2).sum((-2, -1))
+    s = safe_step_scale(grad_sq, Jg.pow(2).sum((-2, -1)), eta, chunk_size)[..., None, None]
+    return G1 * s, G2 * s
+
+
+def _write_chunk(W1, W2, k, v, eta, alpha, activation, max_grad_norm=None, safe_step=False):
     """Write a chunk: gradients at the chunk-start (W1, W2), then the per-token Eq. 88 sweep. k, v [.., C, D]."""
     vhat = residual_mlp(W1, W2, v, activation)  # Eq. 87
-    grads = [
-        clip_grads(_inner_grads(W1, W2, k[..., t, None, :], vhat[..., t, None, :], activation), max_grad_norm)
-        for t in range(k.shape[-2])
-    ]
+    C = k.shape[-2]
+    grads = []
+    for t in range(C):
+        k_t = k[..., t, None, :]
+        G1, G2 = clip_grads(_inner_grads(W1, W2, k_t, vhat[..., t, None, :], activation), max_grad_norm)
+        grads.append(_safe_step(W1, W2, G1, G2, k_t, eta[..., t], activation, C) if safe_step else (G1, G2))
     for t, (G1, G2) in enumerate(grads):
         W1, W2 = _dgd_step(W1, W2, G1, G2, k[..., t, None, :], eta[..., t], alpha[..., t])
     return W1, W2
 
 
-def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu", max_grad_norm=None):
+def dgd_memory(
+    q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "silu", max_grad_norm=None, safe_step=False
+):
     """M_memory over a sequence, literally: each chunk reads y = M(q) and writes (k, v) at its start weights.
 
     q, k, v: [B, H, T, D]; eta, alpha: [B, H, T]; W1 [B, H, D, E], W2 [B, H, E, D].
@@ -99,12 +116,22 @@ def dgd_memory(q, k, v, eta, alpha, W1, W2, chunk_size: int, activation: str = "
     for s in range(0, k.shape[2], chunk_size):
         c = slice(s, s + chunk_size)
         ys.append(residual_mlp(W1, W2, q[:, :, c], activation))  # Eq. 83, before the chunk's writes
-        W1, W2 = _write_chunk(W1, W2, k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c], activation, max_grad_norm)
+        chunk = (t[:, :, c] for t in (k, v, eta, alpha))
+        W1, W2 = _write_chunk(W1, W2, *chunk, activation, max_grad_norm, safe_step)
     return torch.cat(ys, dim=2), (W1, W2)
 
 
 def self_modifying_projections(
-    x, W1, W2, gate_w, gate_b, max_lr: float, chunk_size: int, activation: str = "silu", max_grad_norm=None
+    x,
+    W1,
+    W2,
+    gate_w,
+    gate_b,
+    max_lr: float,
+    chunk_size: int,
+    activation: str = "silu",
+    max_grad_norm=None,
+    safe_step=False,
 ):
     """The projection memories over a sequence, literally: each chunk projects x at its start weights, then every
     memory writes (k, M_m(v)) with the chunk's shared k, eta, alpha.
@@ -117,7 +144,7 @@ def self_modifying_projections(
         k, v, eta, alpha, q = project(W1, W2, x[:, :, s : s + chunk_size], gate_w, gate_b, max_lr, activation)
         outs.append((k, v, eta, alpha, q))
         shared = (t[:, :, None] for t in (k, v, eta, alpha))  # one k, v, eta, alpha for all N memories
-        W1, W2 = _write_chunk(W1, W2, *shared, activation, max_grad_norm)
+        W1, W2 = _write_chunk(W1, W2, *shared, activation, max_grad_norm, safe_step)
     cat = [None if parts[0] is None else torch.cat(parts, dim=2) for parts in zip(*outs, strict=True)]
     return tuple(cat), (W1, W2)
 
@@ -132,6 +159,7 @@ def self_modifying_titans_recurrent(
     max_lr: float,
     activation: str = "silu",
     max_grad_norm=None,
+    safe_step=False,
 ):
     """Exact per-token recurrence of Eqs. 83-88, both loops interleaved token by token: project x_t and read y_t
     at the weights after token t-1, then write every memory. Equals ``hope.ops.common.self_modifying_titans`` with
@@ -142,6 +170,6 @@ def self_modifying_titans_recurrent(
         k, v, eta, alpha, q_t = project(*projections, x[:, :, tok], gate_w, gate_b, max_lr, activation)
         ys.append(residual_mlp(*memory, q_t if q is None else q[:, :, tok], activation))
         shared = (t[:, :, None] for t in (k, v, eta, alpha))  # one k, v, eta, alpha for all N projection memories
-        projections = _write_chunk(*projections, *shared, activation, max_grad_norm)
-        memory = _write_chunk(*memory, k, v, eta, alpha, activation, max_grad_norm)
+        projections = _write_chunk(*projections, *shared, activation, max_grad_norm, safe_step)
+        memory = _write_chunk(*memory, k, v, eta, alpha, activation, max_grad_norm, safe_step)
     return torch.cat(ys, dim=2), projections, memory

@@ -27,8 +27,9 @@ outer-loop (second-order) gradients; nothing here calls autograd itself.
 import torch
 import torch.nn.functional as F
 
-from hope.ops.common import ACTIVATIONS, Weights, clip_scale
+from hope.ops.common import ACTIVATIONS, Gates, MemoryRule, MemoryState, clip_scale
 from hope.ops.compile import compiled
+from hope.ops.recompute import recomputed
 from hope.ops.scan import linear_scan
 
 __all__ = ["titans_memory"]
@@ -110,26 +111,26 @@ def titans_memory(
     q: torch.Tensor | None,
     k: torch.Tensor,
     v: torch.Tensor,
-    theta: torch.Tensor,
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    weights: Weights,
-    momentum: Weights,
-    chunk_size: int,
-    residual: bool = True,
-    activation: str = "silu",
-    max_grad_norm: float | None = None,
+    gates: Gates,
+    state: MemoryState,
+    rule: MemoryRule,
     compile: bool = False,
-) -> tuple[torch.Tensor | None, tuple[Weights, Weights]]:
+    recompute: bool = False,
+) -> tuple[torch.Tensor | None, MemoryState]:
     """Chunk-parallel Titans memory; arguments and result exactly as ``hope.ops.titans.naive.titans_memory``.
 
-    ``compile=True`` runs each chunk step through torch.compile (same math; needs a working inductor backend).
+    ``compile=True`` runs each chunk step through torch.compile (same math; needs a working inductor backend);
+    ``recompute=True`` keeps only the chunk-boundary states for backward and recomputes each step there
+    (``hope.ops.recompute``; same gradients, less memory).
 
-    q, k, v: [B, H, T, D] (q may be None: write only, y is None); theta, eta, alpha: [B, H, T] in (0, 1);
-    weights, momentum: tuples of [B, H, d_in, d_out]. Returns y: [B, H, T, D] and the final (weights, momentum).
+    q, k, v: [B, H, T, D] (q may be None: write only, y is None); gates = (theta, eta, alpha): [B, H, T] in
+    (0, 1); state = (weights, momentum): tuples of [B, H, d_in, d_out]; rule: chunk size, MLP form and clipping.
+    Returns y: [B, H, T, D] and the final (weights, momentum).
     """
-    coefs = _per_chunk_coefficients(theta, eta, alpha, chunk_size)
+    (weights, momentum), (chunk_size, residual, activation, max_grad_norm) = state, rule
+    coefs = _per_chunk_coefficients(*gates, chunk_size)
     step = compiled(_chunk_step) if compile else _chunk_step
+    step = recomputed(step) if recompute else step
     ys = []
     for n, cf in enumerate(coefs):
         chunk = slice(n * chunk_size, (n + 1) * chunk_size)

@@ -40,8 +40,9 @@ round-off, outputs, final state and gradients.
 """
 
 import torch
+from torch import Tensor
 
-from hope.ops.common import Weights, clip_grads, memory_mlp
+from hope.ops.common import Gates, MemoryRule, MemoryState, Weights, clip_grads, memory_mlp
 
 __all__ = ["titans_memory", "titans_memory_recurrent"]
 
@@ -66,23 +67,14 @@ def _momentum_step(weights, momentum, grads, theta, eta, alpha):
     return weights, momentum
 
 
-def titans_memory_recurrent(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    theta: torch.Tensor,
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    weights: Weights,
-    momentum: Weights,
-    residual: bool = True,
-    activation: str = "silu",
-    max_grad_norm: float | None = None,
-) -> tuple[torch.Tensor, tuple[Weights, Weights]]:
+def titans_memory_recurrent(q: Tensor, k: Tensor, v: Tensor, gates: Gates, state: MemoryState, rule: MemoryRule):
     """Exact per-token recurrence: for each t, y_t = M_{t-1}(q_t), then S_t, M_t from grad l(M_{t-1}; k_t, v_t).
 
-    Equals ``titans_memory(..., chunk_size=1)``. Shapes as in :func:`titans_memory`.
+    Equals ``titans_memory`` with ``rule.chunk_size`` 1 (this function ignores it). Shapes as in
+    :func:`titans_memory`.
     """
+    (theta, eta, alpha), (weights, momentum) = gates, state
+    residual, activation, max_grad_norm = rule.residual, rule.activation, rule.max_grad_norm
     ys = []
     for t in range(q.shape[2]):
         tok = slice(t, t + 1)
@@ -92,27 +84,16 @@ def titans_memory_recurrent(
     return torch.cat(ys, dim=2), (weights, momentum)
 
 
-def titans_memory(
-    q: torch.Tensor | None,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    theta: torch.Tensor,
-    eta: torch.Tensor,
-    alpha: torch.Tensor,
-    weights: Weights,
-    momentum: Weights,
-    chunk_size: int,
-    residual: bool = True,
-    activation: str = "silu",
-    max_grad_norm: float | None = None,
-) -> tuple[torch.Tensor | None, tuple[Weights, Weights]]:
+def titans_memory(q: Tensor | None, k: Tensor, v: Tensor, gates: Gates, state: MemoryState, rule: MemoryRule):
     """Chunk-wise Titans memory, literally as in §3.2: per-token gradients at the chunk-start weights, then a
     per-token loop of the momentum/decay updates.
 
-    q, k, v: [B, H, T, D] (q may be None: write only, y is None); theta, eta, alpha: [B, H, T];
-    weights, momentum: tuples of [B, H, d_in, d_out] (momentum is zero at the start of a stream).
-    Returns y: [B, H, T, D] and the final (weights, momentum).
+    q, k, v: [B, H, T, D] (q may be None: write only, y is None); gates = (theta, eta, alpha): [B, H, T] each;
+    state = (weights, momentum): tuples of [B, H, d_in, d_out] (momentum is zero at the start of a stream); rule:
+    chunk size, MLP form and clipping. Returns y: [B, H, T, D] (or None) and the final (weights, momentum).
     """
+    (theta, eta, alpha), (weights, momentum) = gates, state
+    chunk_size, residual, activation, max_grad_norm = rule
     ys = []
     for start in range(0, k.shape[2], chunk_size):
         chunk = range(start, min(start + chunk_size, k.shape[2]))

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The comparison of docs/acl/README.md: four families meta-trained on the same episodes (configs/acl/
+# episodes-debug.yaml), with the ACL objective and without its backward-transfer terms, then each evaluated on
+# fresh test episodes. One training at a time; a finished run is skipped, so the script can be restarted.
+#
+# The models are the debug presets with 2 layers (the CPU budget of this comparison).
+#
+#   bash docs/acl/run.sh                       # STEPS=1000 SEEDS="1234 1235" OUT=runs/acl by default
+#   STEPS=50 SEEDS=1 OUT=/tmp/acl bash docs/acl/run.sh
+set -euo pipefail
+export OMP_NUM_THREADS=1
+STEPS=${STEPS:-1000}
+SEEDS=${SEEDS:-"1234 1235"}
+OUT=${OUT:-runs/acl}
+mkdir -p "$OUT"
+MODELS=(srwm transformer-window titans-lmm hope)
+declare -A ARGS=(
+  [srwm]='--model.preset srwm-debug --model.overrides {"n_layer":2}'
+  [titans-lmm]='--model.preset titans-lmm-debug --model.overrides {"n_layer":2}'
+  [hope]='--model.preset hope-debug --model.overrides {"n_layer":2}'
+  [transformer-window]='--model.preset debug --model.overrides {"n_layer":2,"sliding_window":32}'  # < 109 tokens
+)
+for seed in $SEEDS; do
+  for model in "${MODELS[@]}"; do
+    for objective in acl current; do
+      run=$OUT/$model-$objective-$seed
+      [ -f "$run/eval/in_context.json" ] && continue
+      # shellcheck disable=SC2086  # ARGS holds several flags
+      hope fit --config configs/acl/episodes-debug.yaml ${ARGS[$model]} --data.episodes.objective "$objective" \
+        --seed_everything "$seed" --trainer.max_steps "$STEPS" --trainer.val_check_interval $((STEPS / 4)) \
+        --trainer.default_root_dir "$run" --checkpoint.every_n_train_steps "$STEPS" > "$run.log" 2>&1 \
+        || { echo "failed: $run (see $run.log)"; exit 1; }
+      hope eval in-context-retention --checkpoint "$run/checkpoints/last.ckpt" --out_dir "$run/eval" \
+        --progress false >> "$run.log" 2>&1
+      echo "done: $run"
+    done
+  done
+done
+python -m hope.evaluation.acl_compare "$OUT" --out docs/acl
