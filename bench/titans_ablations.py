@@ -2,6 +2,7 @@
 
     python bench/titans_ablations.py --group ablation      # train + evaluate every run of a group (resumes: finished
     python bench/titans_ablations.py --group mac           # runs are skipped), then rewrite the tables
+    python bench/titans_ablations.py --group ablation --seeds 1234   # only seed 1234 of each run
     python bench/titans_ablations.py --tables              # only rewrite the tables from the result JSONs
     python bench/titans_ablations.py --list                # the runs, their overrides and seeds
 

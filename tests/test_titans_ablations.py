@@ -101,6 +101,19 @@ def test_tables_command_writes_the_readme_from_result_files(tmp_path):
     assert row(readme, "+MAG")[3:6] == ["95.00", "190.00", "0.950"]
 
 
+def test_seeds_runs_only_those_seeds_and_reuses_a_finished_twin(tmp_path):
+    """--seeds 1234 fills +MAC's seed 1234 from the finished mac-before run (same config, seed and steps) and does
+    not start seed 1235 (which would train)."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "corpora" / "info").mkdir(parents=True)
+    twin = fake("mac-before", 1234, 300.0, 1200.0) | {"steps": 150, "model_config": resolved_config(BY_NAME["mac"])}
+    (tmp_path / "results" / "mac-before-seed1234.json").write_text(json.dumps(twin))
+    main(["--group", "ablation", "--only", "mac", "--seeds", "1234", "--out", str(tmp_path)]
+         + ["--corpora", str(tmp_path / "corpora"), "--runs_dir", str(tmp_path / "runs")])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["mac-before-seed1234.json", "mac-seed1234.json"]
+    assert json.loads((tmp_path / "results" / "mac-seed1234.json").read_text())["val_ppl"] == 300.0
+
+
 def test_every_run_is_a_valid_config_and_targeted_runs_change_one_thing():
     for run in RUNS:
         assert ModelConfig(**resolved_config(run)).family == run.family
