@@ -123,6 +123,9 @@ class ModelConfig:
     """Titans ablation "no momentum" when False: the surprise decay eta_t is forced to 0 (Eq. 13)."""
     memory_weight_decay: bool = True
     """Titans ablation "no weight decay" when False: the forget gate alpha_t is forced to 0 (Eq. 14)."""
+    memory_alpha_init: float = -8.0
+    """Titans: initial bias of the forget gate's logit, alpha_t = sigmoid(x_t w_alpha + this) at init (Eq. 13's
+    alpha_t; the paper gives no init). -8 gives alpha ~ 3e-4 (see hope/layers/neural_memory.py for why not larger)."""
 
     # -- HOPE (families hope, hope-attention; NL §3, arXiv §8.3). The self-modifying Titans also reads
     # memory_conv_kernel, memory_conv, memory_max_lr and memory_max_grad_norm above. -----------------------------

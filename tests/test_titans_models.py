@@ -230,10 +230,14 @@ def test_linear_memory_and_no_convolution(family):
     torch.testing.assert_close(stream(no_conv, idx, [5, 13])[0], logits, rtol=1e-10, atol=1e-12)
 
 
-def test_init_keeps_the_memory_gate_biases():
-    """HopeLM's generic init zeroes Linear biases; the memory's own reset must run after it (alpha bias -8)."""
-    model = HopeLM(tiny("titans-lmm"))
-    torch.testing.assert_close(model.blocks[0].memory.gate_proj.bias.view(3, 2)[2], torch.full((2,), -8.0))
+@pytest.mark.parametrize("alpha_init", [None, -3.0])
+def test_init_keeps_the_memory_gate_biases(alpha_init):
+    """HopeLM's generic init zeroes Linear biases; the memory's own reset must run after it (alpha bias
+    memory_alpha_init, -8 by default; theta and eta biases 0)."""
+    overrides = {} if alpha_init is None else {"memory_alpha_init": alpha_init}
+    model = HopeLM(tiny("titans-lmm", **overrides))
+    expected = torch.tensor([[0.0], [0.0], [-8.0 if alpha_init is None else alpha_init]]).expand(3, 2)
+    torch.testing.assert_close(model.blocks[0].memory.gate_proj.bias.view(3, 2), expected)
 
 
 # -- config -------------------------------------------------------------------------------------------------

@@ -104,6 +104,7 @@ class NeuralMemory(nn.Module):
         max_lr: theta_t = max_lr * sigmoid(.), the largest inner-loop step size; None: 1 / (2 * chunk_size).
         ema_momentum: scale theta_t by (1 - eta_t), so that momentum averages the gradients instead of summing them.
         max_grad_norm: clip each token's inner gradient (all layers together) to this norm; None: no clipping.
+        alpha_init: initial bias b_alpha of the forget gate's logit.
         output_norm: per-head RMSNorm of the retrieved values.
         output_gate: multiply by SiLU(x W_gate) before the output projection.
         memory_op: the memory update, called like ``hope.ops.titans.titans_memory`` (without ``compile``); None: that
@@ -134,6 +135,7 @@ class NeuralMemory(nn.Module):
         max_lr: float | None = None,
         ema_momentum: bool = True,
         max_grad_norm: float | None = 10.0,
+        alpha_init: float = -8.0,
         output_norm: bool = True,
         output_gate: bool = True,
         memory_op: Callable | None = None,
@@ -156,7 +158,7 @@ class NeuralMemory(nn.Module):
         )
         self.use_momentum, self.use_weight_decay, self.qk_norm = use_momentum, use_weight_decay, qk_norm
         self.max_lr = 1 / (2 * chunk_size) if max_lr is None else max_lr
-        self.ema_momentum = ema_momentum
+        self.ema_momentum, self.alpha_init = ema_momentum, alpha_init
         self.memory_op = titans_memory_op(kernel, compile, recompute) if memory_op is None else memory_op
         inner = n_head * head_dim
 
@@ -181,7 +183,7 @@ class NeuralMemory(nn.Module):
         for W in self.memory_init:
             nn.init.normal_(W, std=W.shape[1] ** -0.5)
         with torch.no_grad():
-            self.gate_proj.bias.view(3, self.n_head).copy_(torch.tensor([[0.0], [0.0], [-8.0]]))
+            self.gate_proj.bias.view(3, self.n_head).copy_(torch.tensor([[0.0], [0.0], [self.alpha_init]]))
 
     # ---- state -------------------------------------------------------------------------------------------------
 

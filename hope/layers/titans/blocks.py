@@ -62,6 +62,7 @@ def build_memory(config: ModelConfig) -> NeuralMemory:
         max_lr=config.memory_max_lr,
         ema_momentum=config.memory_ema_momentum,
         max_grad_norm=config.memory_max_grad_norm,
+        alpha_init=config.memory_alpha_init,
         compile=config.memory_compile,
         recompute=config.memory_recompute,
         kernel=config.memory_kernel,
