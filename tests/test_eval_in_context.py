@@ -108,3 +108,17 @@ def test_comparison_table_one_seed_uses_episode_stderr(tmp_path):
     table = (tmp_path / "out" / "acl_comparison.md").read_text()
     assert row + " -0.500 ± 0.050 | 0.500 |" in table
     assert json.loads((tmp_path / "out" / "acl_comparison.json").read_text())[0]["seeds"] == ["7"]
+
+
+def test_comparison_plot_ticks_whole_tasks(tmp_path):
+    """Task 1's curve is drawn at 1, 2 tasks shown, and only those x ticks are labelled."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    _write_report(tmp_path, "srwm-current-1", 0.3)
+    fig = Figure()
+    acl_compare.draw(fig, {"groups": acl_compare.collect(tmp_path), "chance": 0.25})
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [1, 2]
+    assert list(ax.lines[0].get_ydata()) == [0.9, 0.3]

@@ -87,6 +87,7 @@ def draw(fig, data: dict) -> None:
             err = curves.std(0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else None
             ax.errorbar(range(1, curves.shape[1] + 1), curves.mean(0), yerr=err, marker="o", label=objective)
         ax.axhline(data["chance"], color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_xticks(range(1, curves.shape[1] + 1))  # whole tasks, not matplotlib's 1.2, 1.4, ...
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("tasks shown")
         ax.set_title(model, fontsize=9)
