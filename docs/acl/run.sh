@@ -10,13 +10,14 @@
 #
 #   bash docs/acl/run.sh                       # STEPS=400 SEEDS=1234 OUT=runs/acl by default
 #   STEPS=50 SEEDS="1 2" OUT=/tmp/acl bash docs/acl/run.sh
+#   MODELS=srwm SEEDS=1235 bash docs/acl/run.sh  # a second seed of one model; the table takes every run in OUT
 set -euo pipefail
 export OMP_NUM_THREADS=1
 STEPS=${STEPS:-400}
 SEEDS=${SEEDS:-1234}
 OUT=${OUT:-runs/acl}
 mkdir -p "$OUT"
-MODELS=(srwm transformer-window titans-lmm hope)
+read -ra MODELS <<< "${MODELS:-srwm transformer-window titans-lmm hope}"
 declare -A ARGS=(
   [srwm]='--model.preset srwm-debug --model.overrides {"n_layer":2}'
   [titans-lmm]='--model.preset titans-lmm-debug --model.overrides {"n_layer":2}'
