@@ -74,20 +74,51 @@ def test_meta_train_then_report(tmp_path):
         main(["eval", "in-context-retention", "--checkpoint", str(alone), "--out_dir", str(out)])
 
 
+def _write_report(root, run: str, kept: float) -> None:
+    """A 2-task in-context report of run folder ``run`` in which task 1 drops from 0.9 to ``kept``."""
+    report = {
+        "chance": 0.25,
+        "matrix": [[0.9, None], [kept, 0.8]],
+        "matrix_stderr": [[0.01, None], [0.02, 0.01]],
+        "summary": {"average_accuracy": 0.7, "learning_accuracy": 0.85, "backward_transfer": kept - 0.9},
+        "summary_stderr": {"average_accuracy": 0.03, "learning_accuracy": 0.04, "backward_transfer": 0.05},
+    }
+    report["summary"]["forgetting"] = 0.9 - kept
+    (root / run / "eval").mkdir(parents=True)
+    (root / run / "eval" / "in_context.json").write_text(json.dumps(report))
+
+
 def test_comparison_table_averages_seeds(tmp_path):
     """Two seeds of one model and objective: the table gives their mean and standard error, and the plot."""
     for seed, kept in (("1", 0.5), ("2", 0.7)):
-        report = {
-            "chance": 0.25,
-            "matrix": [[0.9, None], [kept, 0.8]],
-            "matrix_stderr": [[0.01, None], [0.01, 0.01]],
-            "summary": {"average_accuracy": 0.7, "learning_accuracy": 0.85, "backward_transfer": kept - 0.9},
-            "summary_stderr": {"average_accuracy": 0.01, "learning_accuracy": 0.01, "backward_transfer": 0.01},
-        }
-        report["summary"]["forgetting"] = 0.9 - kept
-        (tmp_path / f"srwm-acl-{seed}" / "eval").mkdir(parents=True)
-        (tmp_path / f"srwm-acl-{seed}" / "eval" / "in_context.json").write_text(json.dumps(report))
+        _write_report(tmp_path, f"srwm-acl-{seed}", kept)
     acl_compare.main([str(tmp_path), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "acl_comparison.md").read_text()
-    assert "| srwm | acl | 2 | 0.900 ± 0.000 | 0.600 ± 0.100 | 0.700 ± 0.000 | -0.300 ± 0.100 |" in table
+    row = "| srwm | acl | 2 | 0.900 ± 0.000 | 0.600 ± 0.100 | 0.850 ± 0.000 | 0.700 ± 0.000 | -0.300 ± 0.100 |"
+    assert row in table
     assert (tmp_path / "out" / "acl_comparison.png").stat().st_size > 0
+
+
+def test_comparison_table_one_seed_uses_episode_stderr(tmp_path):
+    """One seed: the spread is the report's standard error over test episodes (none for forgetting, a max);
+    a model name with a dash is split from its objective and seed."""
+    _write_report(tmp_path, "transformer-window-current-7", 0.4)
+    acl_compare.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    row = "| transformer-window | current | 1 | 0.900 ± 0.010 | 0.400 ± 0.020 | 0.850 ± 0.040 | 0.700 ± 0.030 |"
+    table = (tmp_path / "out" / "acl_comparison.md").read_text()
+    assert row + " -0.500 ± 0.050 | 0.500 |" in table
+    assert json.loads((tmp_path / "out" / "acl_comparison.json").read_text())[0]["seeds"] == ["7"]
+
+
+def test_comparison_plot_ticks_whole_tasks(tmp_path):
+    """Task 1's curve is drawn at 1, 2 tasks shown, and only those x ticks are labelled."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    _write_report(tmp_path, "srwm-current-1", 0.3)
+    fig = Figure()
+    acl_compare.draw(fig, {"groups": acl_compare.collect(tmp_path), "chance": 0.25})
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [1, 2]
+    assert list(ax.lines[0].get_ydata()) == [0.9, 0.3]

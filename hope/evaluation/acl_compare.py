@@ -5,7 +5,8 @@ objective, averaged over seeds (``docs/acl/README.md``).
 
 Each run is a folder ``<model>-<objective>-<seed>`` holding ``eval/in_context.json``. The table gives, per model
 and objective, mean ± standard error over seeds (over test episodes when there is one seed) of: task 1's accuracy
-right after it was shown and after the last task (kept), the average final accuracy (ACC), BWT and forgetting.
+right after it was shown and after the last task (kept), the learning accuracy (each task right after it was shown),
+the average final accuracy (ACC), BWT and forgetting.
 It writes ``acl_comparison.md``, ``acl_comparison.json`` and ``acl_comparison.png`` (task 1's accuracy after each
 task, one panel per model, both objectives).
 """
@@ -23,6 +24,7 @@ from hope.evaluation.plots import save_figure
 COLUMNS = {
     "task 1 learned": lambda r: r["matrix"][0][0],
     "task 1 kept": lambda r: r["matrix"][-1][0],
+    "learning": lambda r: r["summary"]["learning_accuracy"],
     "ACC": lambda r: r["summary"]["average_accuracy"],
     "BWT": lambda r: r["summary"]["backward_transfer"],
     "forgetting": lambda r: r["summary"]["forgetting"],
@@ -30,6 +32,7 @@ COLUMNS = {
 STDERR = {  # the report's own standard error over episodes, used when there is a single seed
     "task 1 learned": lambda r: r["matrix_stderr"][0][0],
     "task 1 kept": lambda r: r["matrix_stderr"][-1][0],
+    "learning": lambda r: r["summary_stderr"]["learning_accuracy"],
     "ACC": lambda r: r["summary_stderr"]["average_accuracy"],
     "BWT": lambda r: r["summary_stderr"]["backward_transfer"],
 }
@@ -84,6 +87,7 @@ def draw(fig, data: dict) -> None:
             err = curves.std(0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else None
             ax.errorbar(range(1, curves.shape[1] + 1), curves.mean(0), yerr=err, marker="o", label=objective)
         ax.axhline(data["chance"], color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_xticks(range(1, curves.shape[1] + 1))  # whole tasks, not matplotlib's 1.2, 1.4, ...
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("tasks shown")
         ax.set_title(model, fontsize=9)
