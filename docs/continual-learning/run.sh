@@ -95,6 +95,9 @@ done
 # methods take 2 epochs of batches of 4 x 128 tokens; the reading methods one pass. Dynamic evaluation and
 # test-time learning use the step sizes tuned in stage 2; test-time learning consolidates after every domain, each
 # CMS level's change capped at 5 % of its weights' norm.
+# Two copies of this script may run at once (e.g. MODELS=titans-mac in a second shell): a retention run or the bench
+# in progress holds a lock folder (<run>.lock) that the other copy skips; after a crash, remove the stale locks
+# (rmdir runs/cl/retention/*/*.lock runs/cl/bench.lock).
 read -r -a RET_MODELS <<< "${RET_MODELS:-transformer hope}"
 SUITE=(--suite LocalDomains --suite.paths "[$CORPORA/info, $CORPORA/changelogs, $CORPORA/locales, $CORPORA/vim]"
   --suite.train_tokens 2048 --suite.test_tokens 512 --suite.max_file_chars 2000 --general_tokens 1024)
@@ -115,10 +118,12 @@ for model in "${RET_MODELS[@]}"; do
     [ -n "${METHOD[$name]:-}" ] || continue
     run=$OUT/retention/$model/$name
     [ -f "$run/retention.json" ] && continue
-    mkdir -p "$run"
+    mkdir -p "$(dirname "$run")"
+    mkdir "$run.lock" 2> /dev/null || continue  # another copy of this script runs it
     # shellcheck disable=SC2086  # METHOD holds several flags
     hope eval retention --checkpoint "$OUT/$model/checkpoints/last.ckpt" "${SUITE[@]}" ${METHOD[$name]} \
       --device cpu --progress false --out_dir "$run" > "$run.log" 2>&1 || { echo "failed: $run (see $run.log)"; exit 1; }
+    rmdir "$run.lock"
     echo "retention: $run"
   done
   unset METHOD
@@ -127,13 +132,14 @@ done
 # 4. In-context CMS learning in pretraining: its cost in training tokens/s (hope-debug with and without it, timed in
 # turns, median of 3 rounds) and what a model pretrained with it gains from learning in context on held-out text
 # (bench/ttl_gain.py: the CMS frozen, the model's own forward, and TestTimeLearner on either objective).
-if [ "${BENCH:-1}" = 1 ]; then
+if [ "${BENCH:-1}" = 1 ] && mkdir "$OUT/bench.lock" 2> /dev/null; then
   [ -f "$DOC/results/throughput_icl_cpu.json" ] || python bench/throughput.py --presets hope-debug \
     hope-debug:cms_learn_in_context=true,cms_objective=reconstruction,cms_inner_lr=3e-3 --seq_len 256 --batch_size 4 \
     --steps 2 --warmup 1 --rounds 3 --no_cpu_peak --device cpu --out "$DOC/results/throughput_icl_cpu.json"
   [ -f "$DOC/results/ttl_gain.json" ] || python bench/ttl_gain.py --checkpoints "$OUT/hope/checkpoints/last.ckpt" \
     "$OUT/hope-icl/checkpoints/last.ckpt" --sources "$OUT/heldout/changelogs" --tokens 2048 \
     --out "$DOC/results/ttl_gain.json"
+  rmdir "$OUT/bench.lock"
 fi
 
 # 5. The tables and the plot.
