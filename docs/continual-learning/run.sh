@@ -137,7 +137,7 @@ if [ "${BENCH:-1}" = 1 ] && mkdir "$OUT/bench.lock" 2> /dev/null; then
     hope-debug:cms_learn_in_context=true,cms_objective=reconstruction,cms_inner_lr=3e-3 --seq_len 256 --batch_size 4 \
     --steps 2 --warmup 1 --rounds 3 --no_cpu_peak --device cpu --out "$DOC/results/throughput_icl_cpu.json"
   [ -f "$DOC/results/ttl_gain.json" ] || python bench/ttl_gain.py --checkpoints "$OUT/hope/checkpoints/last.ckpt" \
-    "$OUT/hope-icl/checkpoints/last.ckpt" --sources "$OUT/heldout/changelogs" --tokens 2048 \
+    "$OUT/hope-icl/checkpoints/last.ckpt" --sources "$OUT/heldout/changelogs" --tokens 1024 --modes frozen forward ttl-teach \
     --out "$DOC/results/ttl_gain.json"
   rmdir "$OUT/bench.lock"
 fi
