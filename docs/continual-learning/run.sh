@@ -2,7 +2,7 @@
 # Every number of docs/continual-learning/README.md. One run at a time; a finished run (its JSON exists) is skipped,
 # so the script can be stopped and restarted. CPU, one thread.
 #
-#   bash docs/continual-learning/run.sh                 # OUT=runs/cl by default
+#   bash docs/continual-learning/run.sh            # OUT=runs/cl by default
 #
 # Stages: 1. models on the same tokens, 2. held-out perplexity (no learning, dynamic evaluation, test-time
 # learning), 3. the four-domain sequence, 4. the cost and the gain of in-context CMS learning in pretraining,
@@ -25,10 +25,10 @@ declare -A FIT=(
   [hope]='--config configs/pretrain/compare/hope.yaml'
   [hope-icl]='--config configs/pretrain/compare/hope.yaml --model.overrides {"cms_learn_in_context":true,"cms_objective":"reconstruction","cms_inner_lr":3e-3}'
 )
-read -r -a MODELS <<< "${MODELS:-transformer titans-mac hope hope-icl}"
+read -r -a MODELS <<< "${MODELS-transformer titans-mac hope hope-icl}"
 for model in "${MODELS[@]}"; do
   run=$OUT/$model
-  [ -f "$run/checkpoints/last.ckpt" ] && continue
+  [ -f "$run/checkpoints/step000160.ckpt" ] && continue
   mkdir -p "$run"
   # shellcheck disable=SC2086  # FIT holds several flags
   hope fit ${FIT[$model]} "${SCHEDULE[@]}" --trainer.default_root_dir "$run" > "$run.log" 2>&1 \
