@@ -52,8 +52,8 @@ for domain in info changelogs; do
   done
 done
 
-# 2. Held-out perplexity, rolling windows of 256 tokens, what was learned kept for the document (--state document):
-# no learning, dynamic evaluation (every model) and test-time learning (HOPE). Step sizes are tuned on info (grids
+# 2. Held-out perplexity, windows of 256 tokens, what was learned kept for the document (--state document):
+# no learning, dynamic evaluation (all models) and test-time learning (HOPE). Step sizes are tuned on info (grids
 # below) and then fixed for changelogs; HOPE with in-context CMS learning takes HOPE's dynamic-evaluation lr.
 ppl() {  # ppl NAME MODEL SOURCE [flags...]: one report, skipped when it exists
   local out=$OUT/ppl/$1.json ck=$OUT/$2/checkpoints/last.ckpt src=$3
@@ -64,8 +64,8 @@ ppl() {  # ppl NAME MODEL SOURCE [flags...]: one report, skipped when it exists
     --progress false --out "$out" "$@" >> "$OUT/ppl.log" 2>&1 || { echo "failed: $out (see $OUT/ppl.log)"; exit 1; }
   echo "scored: $out"
 }
-best() {  # best KEY FIELD FILES...: the FIELD of report[KEY] with the lowest perplexity
-  python -c 'import json, sys; r = min((json.load(open(f)) for f in sys.argv[3:]), key=lambda d: d["token_perplexity"])
+best() {  # best KEY FIELD FILES: report[KEY][FIELD] of the least perplexity, NaN last
+  python -c 'import json, sys; r = min((json.load(open(f)) for f in sys.argv[3:]), key=lambda d: min(1e30, d["token_perplexity"]))
 print(r[sys.argv[1]][sys.argv[2]])' "$@"
 }
 DYN_GRID=(3e-4 1e-3 3e-3)

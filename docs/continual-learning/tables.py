@@ -158,9 +158,10 @@ def _ppl_table(ppl: list[dict]) -> list[str]:
 
 
 def _chosen(row: dict, ppl: list[dict]) -> bool:
-    """Whether ``row`` is the one reported: on info the best of its grid, elsewhere the only one."""
+    """Whether ``row`` is the one reported: on info the best of its grid (a diverged, NaN run never), elsewhere the
+    only one."""
     same = [r for r in ppl if (r["model"], r["domain"], r["mode"]) == (row["model"], row["domain"], row["mode"])]
-    return row["token_perplexity"] == min(r["token_perplexity"] for r in same)
+    return row["token_perplexity"] == min(r["token_perplexity"] for r in same if not math.isnan(r["token_perplexity"]))
 
 
 def _grid_table(ppl: list[dict]) -> list[str]:
