@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every number of docs/continual-learning/README.md. One run at a time; a finished run (its JSON exists) is skipped,
+# Every number of docs/continual-learning/README.md. A finished run (its JSON or checkpoint exists) is skipped,
 # so the script can be stopped and restarted. CPU, one thread.
 #
-#   bash docs/continual-learning/run.sh            # OUT=runs/cl by default
+#   bash docs/continual-learning/run.sh                     # OUT=runs/cl by default
+#   MODELS=titans-mac bash docs/continual-learning/run.sh   # a second copy, in another shell, shares the work
 #
 # Stages: 1. models on the same tokens, 2. held-out perplexity (no learning, dynamic evaluation, test-time
 # learning), 3. the four-domain sequence, 4. the cost and the gain of in-context CMS learning in pretraining,
@@ -41,7 +42,7 @@ done
 CORPORA=$OUT/corpora
 [ -f "$CORPORA/manifest.json" ] || python bench/local_corpora.py --out "$CORPORA" --domains info changelogs locales vim \
   --max_mb 0.5
-# Held-out perplexity reads 3 documents per domain, the first 4000 bytes of each, spread over a set.
+# Held-out perplexity reads 3 documents per domain, the first 4000 bytes of each, spread over the folder.
 for domain in info changelogs; do
   [ -d "$OUT/heldout/$domain" ] && continue
   mkdir -p "$OUT/heldout/$domain"
@@ -52,7 +53,7 @@ for domain in info changelogs; do
   done
 done
 
-# 2. Held-out perplexity, windows of 256 tokens, what was learned kept for the document (--state document):
+# 2. Held-out perplexity, rolling windows of 256 tokens, what was learned kept for the document (--state document):
 # no learning, dynamic evaluation (all models) and test-time learning (HOPE). Step sizes are tuned on info (grids
 # below) and then fixed for changelogs; HOPE with in-context CMS learning takes HOPE's dynamic-evaluation lr.
 ppl() {  # ppl NAME MODEL SOURCE [flags...]: one report, skipped when it exists
@@ -131,10 +132,10 @@ done
 
 # 4. In-context CMS learning in pretraining: its cost in training tokens/s (hope-debug with and without it, timed in
 # turns, median of 2 rounds) and what a model pretrained with it gains from learning in context on held-out text
-# (bench/ttl_gain.py: the CMS frozen, the model's own forward, and TestTimeLearner on either objective).
+# (bench/ttl_gain.py: the CMS frozen, the model's own forward, and TestTimeLearner on the teach objective).
 if [ "${BENCH:-1}" = 1 ] && mkdir "$OUT/bench.lock" 2> /dev/null; then
   [ -f "$DOC/results/throughput_icl_cpu.json" ] || python bench/throughput.py --presets hope-debug \
-    hope-debug:cms_learn_in_context=true,cms_objective=reconstruction,cms_inner_lr=3e-3 --seq_len 256 --batch_size 4 \
+    hope-debug:cms_learn_in_context=true,cms_objective=reconstruction,cms_inner_lr=0.003 --seq_len 256 --batch_size 4 \
     --steps 2 --warmup 1 --rounds 2 --no_cpu_peak --device cpu --out "$DOC/results/throughput_icl_cpu.json"
   [ -f "$DOC/results/ttl_gain.json" ] || python bench/ttl_gain.py --checkpoints "$OUT/hope/checkpoints/last.ckpt" \
     "$OUT/hope-icl/checkpoints/last.ckpt" --sources "$OUT/heldout/changelogs" --tokens 1024 --modes frozen forward ttl-teach \

@@ -161,7 +161,8 @@ def _chosen(row: dict, ppl: list[dict]) -> bool:
     """Whether ``row`` is the one reported: on info the best of its grid (a diverged, NaN run never), elsewhere the
     only one."""
     same = [r for r in ppl if (r["model"], r["domain"], r["mode"]) == (row["model"], row["domain"], row["mode"])]
-    return row["token_perplexity"] == min(r["token_perplexity"] for r in same if not math.isnan(r["token_perplexity"]))
+    finite = [r["token_perplexity"] for r in same if not math.isnan(r["token_perplexity"])]
+    return row["token_perplexity"] == min(finite) if finite else row is same[0]
 
 
 def _grid_table(ppl: list[dict]) -> list[str]:
