@@ -8,8 +8,8 @@ In exact arithmetic every split gives the same logits (``HopeLM`` streams exactl
 amplified by the model's recurrence. Per precision (float64; float32; bf16 autocast, as ``bf16-mixed`` training) and
 window, the table shows the largest |logit - float64 logit| over the first 1K, 2K, 4K, ... tokens and the
 perplexity; the last column is the largest |logit difference| between the two windows in that precision. Documents
-of ``--source`` (``bench/local_corpora.py`` writes real-text folders) are joined as ``[bos] doc [eos] ...`` and cut
-at ``--tokens``. Writes JSON (``--out``).
+of ``--source`` (``bench/local_corpora.py`` writes real-text folders; ``default`` reads the default corpus's
+held-out files) are joined as ``[bos] doc [eos] ...`` and cut at ``--tokens``. Writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -26,21 +26,11 @@ import torch
 import yaml
 
 from hope.checkpoint import load_model_weights, model_config_from
-from hope.data.documents import load_documents
+from hope.data.blocks import source_blocks
 from hope.model import HopeLM
 from hope.tokenizer import Tokenizer
 
 PRECISIONS = {"float64": (torch.float64, False), "float32": (torch.float32, False), "bf16": (torch.float32, True)}
-
-
-def stream_tokens(source: str, n_tokens: int, tokenizer: Tokenizer) -> torch.Tensor:
-    """The first ``n_tokens`` of the documents of ``source`` joined as ``[bos] doc [eos] ...``: [1, n_tokens]."""
-    ids: list[int] = []
-    for _, text in load_documents(source, "all"):
-        ids += tokenizer.encode(text, bos=True, eos=True)
-        if len(ids) >= n_tokens:
-            return torch.tensor(ids[:n_tokens])[None]
-    raise SystemExit(f"--source {source!r} holds {len(ids)} tokens, fewer than --tokens {n_tokens}")
 
 
 def streamed_logits(model: HopeLM, idx: torch.Tensor, window: int, autocast: bool) -> torch.Tensor:
@@ -73,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.overrides)}
     config = dataclasses.replace(model_config_from(args.checkpoint), **overrides)
-    idx = stream_tokens(args.source, args.tokens, Tokenizer.default())
+    idx = source_blocks(args.source, Tokenizer.default(), args.tokens, 1, split="auto")[0]  # [1, tokens]
     marks = [m for m in (1024, 2048, 4096, 8192, 16384) if m < args.tokens] + [args.tokens]
     logits = {}
     for name in args.precisions:

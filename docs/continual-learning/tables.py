@@ -1,0 +1,251 @@
+"""The tables and the plot of docs/continual-learning/README.md from the runs of run.sh.
+
+    python docs/continual-learning/tables.py runs/cl docs/continual-learning/results
+
+Reads ``<runs>/<model>/`` (checkpoints, TensorBoard), ``<runs>/ppl/*.json`` (hope eval perplexity),
+``<runs>/retention/<model>/<method>/retention.json`` (hope eval retention) and the bench JSON in ``<results>``;
+writes ``<results>/tables.md``, ``<results>/summary.json``, ``<results>/learning_vs_forgetting.png`` and a copy of
+every retention report (``<results>/retention/<model>-<method>.json``, a few KB each).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from hope.evaluation.plots import save_figure
+
+MODELS = {
+    "transformer": "Transformer++",
+    "titans-mac": "Titans MAC",
+    "hope": "HOPE",
+    "hope-icl": "HOPE, in-context CMS learning in pretraining",
+}
+METHODS = {
+    "finetune": "EpochFinetune",
+    "lora": "LoRA",
+    "replay": "Replay",
+    "dynamic": "DynamicEvaluation",
+    "ttl": "TestTimeLearning + consolidation",
+}
+
+
+def model_rows(runs: Path) -> list[dict]:
+    """Per model: parameters, validation perplexity after 160 steps and the median training tokens/s."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = []
+    for name in MODELS:
+        checkpoint = runs / name / "checkpoints" / "last.ckpt"
+        if not checkpoint.exists():
+            continue
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        events = EventAccumulator(str(sorted((runs / name / "lightning_logs").glob("version_*"))[-1]))
+        events.Reload()
+        speeds = sorted(e.value for e in events.Scalars("train/tokens_per_sec"))
+        rows.append(
+            {
+                "model": name,
+                "parameters": sum(v.numel() for k, v in state.items() if k.startswith("model.")),
+                "val_ppl": events.Scalars("val/ppl")[-1].value,
+                "train_tokens_per_s": speeds[len(speeds) // 2],
+            }
+        )
+    return rows
+
+
+def perplexity_rows(runs: Path) -> list[dict]:
+    """Every perplexity report: model, domain, mode (none, dyn, ttl), step size, perplexity, tokens, seconds."""
+    rows = []
+    for path in sorted((runs / "ppl").glob("*.json")):
+        report = json.loads(path.read_text())
+        model, domain = report["checkpoint"].split("/")[-3], Path(report["source"]).name
+        mode, lr = "none", None
+        if report.get("dynamic"):
+            mode, lr = "dyn", report["dynamic"]["lr"]
+        elif report.get("ttl"):
+            mode, lr = "ttl", report["ttl"]["inner_lr"]
+        row = {"model": model, "domain": domain, "mode": mode, "lr": lr}
+        rows.append(row | {k: report[k] for k in ("token_perplexity", "tokens", "documents", "seconds")})
+    return rows
+
+
+def retention_rows(runs: Path, results: Path) -> list[dict]:
+    """Per model and method: learning, forgetting of domain 1 and the general change, from the R matrix."""
+    rows = []
+    for model in MODELS:
+        for method in METHODS:
+            path = runs / "retention" / model / method / "retention.json"
+            if not path.exists():
+                continue
+            (results / "retention").mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, results / "retention" / f"{model}-{method}.json")
+            report = json.loads(path.read_text())
+            R, initial, T = report["matrix"], report["initial"], len(report["matrix"])
+            rows.append(
+                {
+                    "model": model,
+                    "method": method,
+                    "names": report["task_names"],
+                    "initial": initial,
+                    "matrix": R,
+                    # learning: a new domain's perplexity right after learning it, against before any learning
+                    "learned_ratio": _geomean([R[i][i] / initial[i] for i in range(T)]),
+                    "domain1_after": R[-1][0] / R[0][0],  # domain 1 at the end, against right after learning it
+                    "domain1_vs_start": R[-1][0] / initial[0],
+                    "general_increase": report["general"]["relative_drop"],
+                    "general": [report["general"]["before"], report["general"]["after"]],
+                    "seconds": report["seconds"],
+                }
+            )
+    return rows
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def tables(models: list[dict], ppl: list[dict], retention: list[dict], results: Path) -> str:
+    """The Markdown tables of the README, in its order."""
+    out = [
+        "## Models",
+        "",
+        "| model | parameters | val. ppl (160 steps) | training tokens/s (median) |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| {MODELS[r['model']]} | {r['parameters']:,} | {r['val_ppl']:.1f} | {r['train_tokens_per_s']:.0f} |"
+        for r in models
+    ]
+    out += ["", "## Held-out perplexity", "", *_ppl_table(ppl), "", "Step-size grid (info):", "", *_grid_table(ppl)]
+    out += ["", "## Four-domain sequence", "", *_retention_table(retention)]
+    for r in retention:
+        out += ["", f"R matrix, {MODELS[r['model']]}, {METHODS[r['method']]} (perplexity; rows: after learning):", ""]
+        out += ["| after | " + " | ".join(r["names"]) + " |", "|---" * (len(r["names"]) + 1) + "|"]
+        for label, row in zip(["(start)", *r["names"]], [r["initial"], *r["matrix"]], strict=True):
+            out.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
+    for name, render in (("throughput_icl_cpu.json", _throughput_table), ("ttl_gain.json", _gain_table)):
+        if (results / name).exists():
+            out += ["", *render(json.loads((results / name).read_text()))]
+    return "\n".join(out) + "\n"
+
+
+def _ppl_table(ppl: list[dict]) -> list[str]:
+    lines = [
+        "| model | domain | no learning | dynamic evaluation | test-time learning | tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        for domain in ("info", "changelogs"):
+            cells = {r["mode"]: r for r in ppl if r["model"] == model and r["domain"] == domain and _chosen(r, ppl)}
+            if "none" not in cells:
+                continue
+            base = cells["none"]["token_perplexity"]
+            text = [f"{base:.1f}"] + [
+                "-"
+                if mode not in cells
+                else f"{cells[mode]['token_perplexity']:.1f} ({cells[mode]['token_perplexity'] / base - 1:+.0%}, "
+                f"lr {cells[mode]['lr']:g})"
+                for mode in ("dyn", "ttl")
+            ]
+            lines.append(f"| {MODELS[model]} | {domain} | " + " | ".join(text) + f" | {cells['none']['tokens']} |")
+    return lines
+
+
+def _chosen(row: dict, ppl: list[dict]) -> bool:
+    """Whether ``row`` is the one reported: on info the best of its grid (a diverged, NaN run never), elsewhere the
+    only one."""
+    same = [r for r in ppl if (r["model"], r["domain"], r["mode"]) == (row["model"], row["domain"], row["mode"])]
+    finite = [r["token_perplexity"] for r in same if not math.isnan(r["token_perplexity"])]
+    return row["token_perplexity"] == min(finite) if finite else row is same[0]
+
+
+def _grid_table(ppl: list[dict]) -> list[str]:
+    lines = ["| model | mode | lr: perplexity |", "|---|---|---|"]
+    for model in MODELS:
+        for mode in ("dyn", "ttl"):
+            grid = sorted(
+                (r["lr"], r["token_perplexity"])
+                for r in ppl
+                if (r["model"], r["domain"], r["mode"]) == (model, "info", mode)
+            )
+            if grid:
+                lines.append(f"| {MODELS[model]} | {mode} | " + ", ".join(f"{lr:g}: {p:.1f}" for lr, p in grid) + " |")
+    return lines
+
+
+def _retention_table(retention: list[dict]) -> list[str]:
+    lines = [
+        "| model | method | new domain: ppl after / before learning (geo. mean) | domain 1: end / just learned | "
+        "domain 1: end / start | general ppl before → after | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {MODELS[r['model']]} | {METHODS[r['method']]} | {r['learned_ratio']:.3f} | {r['domain1_after']:.3f} | "
+        f"{r['domain1_vs_start']:.3f} | {r['general'][0]:.1f} → {r['general'][1]:.1f} ({r['general_increase']:+.1%}) | "
+        f"{r['seconds']:.0f} |"
+        for r in retention
+    ]
+    return lines
+
+
+def _throughput_table(bench: dict) -> list[str]:
+    lines = [f"Training throughput (bench/throughput.py, median of {bench['rounds']} rounds):", ""]
+    lines += ["| preset | tokens/s | relative |", "|---|---|---|"]
+    for r in bench["results"]:
+        lines.append(f"| `{r['preset']}` | {r['tokens_per_s']:.0f} | {r['ratio_to_first']:.2f} |")
+    return lines
+
+
+def _gain_table(gain: dict) -> list[str]:
+    modes = list(gain["rows"][0]["perplexity"])
+    lines = [f"Learning in context on held-out text (bench/ttl_gain.py, {gain['tokens']} tokens):", ""]
+    lines += ["| checkpoint | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+    for r in gain["rows"]:
+        base = r["perplexity"]["frozen"]
+        cells = [f"{p:.1f} ({p / base - 1:+.1%})" for p in r["perplexity"].values()]
+        lines.append(f"| {r['checkpoint'].split('/')[-3]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def draw(fig, retention: list[dict]) -> None:
+    """Learning (new-domain perplexity after / before) against forgetting: of domain 1 (left), general (right)."""
+    axes = fig.subplots(1, 2)
+    for ax, key, label in (
+        (axes[0], "domain1_after", "domain 1 perplexity: end / right after learning it"),
+        (axes[1], "general_increase", "general perplexity: relative increase"),
+    ):
+        for r in retention:
+            marker = "o" if r["model"] == "transformer" else "s"
+            x = r[key] if key == "general_increase" else r[key] - 1
+            ax.scatter(x, r["learned_ratio"], marker=marker)
+            ax.annotate(f"{r['model']}:{r['method']}", (x, r["learned_ratio"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        ax.axvline(0.1, color="grey", linestyle="--", linewidth=1)  # the goal: at most +10 %
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel(label + (" - 1" if key == "domain1_after" else ""))
+        ax.set_ylabel("new domain: perplexity after / before learning it")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("Learning vs forgetting (down and left is better; dashed: +10 %)", fontsize=10)
+
+
+def main(runs: str, results: str) -> None:
+    """Write the tables, the summary and the plot."""
+    runs_path, results_path = Path(runs), Path(results)
+    results_path.mkdir(parents=True, exist_ok=True)
+    models, ppl, retention = model_rows(runs_path), perplexity_rows(runs_path), retention_rows(runs_path, results_path)
+    summary = {"models": models, "perplexity": ppl, "retention": retention, "torch": torch.__version__}
+    (results_path / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (results_path / "tables.md").write_text(tables(models, ppl, retention, results_path))
+    if retention:
+        save_figure(draw, retention, results_path / "learning_vs_forgetting.png", figsize=(11, 4.5))
+    print((results_path / "tables.md").read_text())
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
