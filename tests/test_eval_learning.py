@@ -2,6 +2,7 @@
 learning that changes the scores (and a zero step that does not), and the errors."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -84,6 +85,14 @@ def test_perplexity_learning_errors(files):
         perplexity(files, "hope", "--ttl.consolidate", "true", "--progress", "false")  # --state reset
     with pytest.raises(ValueError, match="not both"):
         perplexity(files, "hope", "--ttl", "--dynamic", "--progress", "false")
+
+
+def test_diverged_learning_stops_the_command(files):
+    """A step far too large makes the scores NaN/inf: the command exits non-zero and says why, report kept."""
+    flags = ["--state", "carry", "--progress", "false", "--dynamic.lr", "1e30", "--dynamic.rule", "sgd"]
+    with pytest.raises(SystemExit, match="log-likelihood is (nan|-?inf).*lower its step.*report was written"):
+        perplexity(files, "transformer", *flags)
+    assert not math.isfinite(json.loads((files[0] / "ppl.json").read_text())["loglikelihood"])
 
 
 def test_bare_flags():

@@ -17,6 +17,7 @@ like turn it on with those settings).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,6 +126,21 @@ def perplexity(
     if plot is not None:
         save_figure(draw_perplexity_by_position, report, plot)
         print(f"[hope] plot: {plot}")
+    check_finite(report, learning, out)
+
+
+def check_finite(report: dict, learning: str, out: str | None) -> None:
+    """Stop with a non-zero exit when the log-likelihood is NaN or infinite, after the report was written (so that
+    its per-position figures show where it went wrong): a diverged inner loop must not pass for a result."""
+    if math.isfinite(report["loglikelihood"]):
+        return
+    cause = (
+        f"with {learning} the learning diverged; lower its step (--ttl.inner_lr / --dynamic.lr) or turn it off"
+        if learning != "no learning"
+        else "the model's own outputs are not finite; check the checkpoint (and its precision)"
+    )
+    kept = f" The report was written to {out}." if out else ""
+    raise SystemExit(f"[hope] error: the log-likelihood is {report['loglikelihood']}: {cause}.{kept}")
 
 
 WORD_TOKENS_MAX = 3.0
