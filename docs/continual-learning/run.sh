@@ -61,8 +61,12 @@ ppl() {  # ppl NAME MODEL SOURCE [flags...]: one report, skipped when it exists
   shift 3
   [ -f "$out" ] && return
   mkdir -p "$OUT/ppl"
-  hope eval perplexity --checkpoint "$ck" --source "$src" --window 256 --state document --device cpu \
-    --progress false --out "$out" "$@" >> "$OUT/ppl.log" 2>&1 || { echo "failed: $out (see $OUT/ppl.log)"; exit 1; }
+  if ! hope eval perplexity --checkpoint "$ck" --source "$src" --window 256 --state document --device cpu \
+    --progress false --out "$out" "$@" >> "$OUT/ppl.log" 2>&1; then
+    [ -f "$out" ] || { echo "failed: $out (see $OUT/ppl.log)"; exit 1; }
+    echo "diverged: $out (a non-finite log-likelihood exits 1 after writing the report; it shows as nan)"
+    return
+  fi
   echo "scored: $out"
 }
 best() {  # best KEY FIELD FILES: report[KEY][FIELD] of the least perplexity, NaN last
