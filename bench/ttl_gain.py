@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from hope.checkpoint import load_model_weights, model_config_from
 from hope.data.blocks import source_blocks
@@ -32,7 +33,7 @@ MODES = ("frozen", "forward", "ttl-teach", "ttl-reconstruction")
 
 def build(checkpoint: str, mode: str, args) -> tuple[HopeLM, TestTimeLearner | None]:
     """The checkpoint's model for ``mode`` (the CMS's in-forward learning off for ``frozen``) and its learner."""
-    config = model_config_from(checkpoint)
+    config = dataclasses.replace(model_config_from(checkpoint), **args.overrides)
     if mode == "frozen":
         config = dataclasses.replace(config, cms_learn_in_context=False)
     model = HopeLM(config)
@@ -69,8 +70,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--teach_lr", type=float, default=1e-3, help="TestTimeLearner inner lr, objective teach")
     parser.add_argument("--reconstruction_lr", type=float, default=3e-3, help="... objective reconstruction")
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], help="model config KEY=VALUE (YAML), e.g. cms_max_step=0.01"
+    )
     parser.add_argument("--out", help="write the results here (JSON)")
     args = parser.parse_args(argv)
+    args.overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.overrides)}
 
     tokenizer = Tokenizer.default()
     rows = []
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             cells = [f"{p:.2f}" + ("" if base is None else f" ({100 * (p / base - 1):+.1f}%)") for p in ppl.values()]
             print(f"| {checkpoint} | {source} | {' | '.join(cells)} |", flush=True)
     if args.out:
-        meta = {"tokens": args.tokens, "window": args.window, "teach_lr": args.teach_lr}
+        meta = {"tokens": args.tokens, "window": args.window, "teach_lr": args.teach_lr, "overrides": args.overrides}
         meta |= {"reconstruction_lr": args.reconstruction_lr, "torch": torch.__version__, "machine": platform.machine()}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"rows": rows, **meta}, indent=1))

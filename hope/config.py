@@ -155,6 +155,11 @@ class ModelConfig:
     cms_objective: str = "teach"
     """HOPE CMS: in-context objective: ``teach`` (the LM loss's gradient dL/dy, as in pretraining) or
     ``reconstruction`` (layer-local ||SwiGLU(u) - u||^2 / d); see hope/layers/cms.py."""
+    cms_max_step: float | None = None
+    """HOPE CMS: cap of each in-context step (test-time learning and ``cms_learn_in_context``), per matrix, as a
+    fraction of the stored matrix's Frobenius norm (ours: a period's summed gradient has no bound of its own, and a
+    model pretrained with in-context learning diverged to NaN on held-out text without one; docs/continual-learning).
+    None: no cap, as before."""
     cms_learn_in_context: bool = False
     """HOPE CMS: every forward learns in context, ``hope fit``'s included (NL Eq. 31 with C^(l) in tokens): level l
     steps every ``tokens_per_update`` tokens of each sequence on the layer-local objective, and the outer loss trains
@@ -279,6 +284,8 @@ class ModelConfig:
             level.validate(f"model.cms_levels[{i}]")
         if self.cms_inner_lr < 0:
             raise ValueError(f"model.cms_inner_lr={self.cms_inner_lr} must be >= 0 (0 freezes the levels in context).")
+        if self.cms_max_step is not None and self.cms_max_step <= 0:
+            raise ValueError(f"model.cms_max_step={self.cms_max_step} must be > 0, or null for no cap.")
         if self.cms_objective not in ("teach", "reconstruction"):
             raise ValueError(f"model.cms_objective={self.cms_objective!r}; choose 'teach' or 'reconstruction'.")
         if self.cms_learn_in_context and self.cms_objective != "reconstruction":

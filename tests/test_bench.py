@@ -98,3 +98,8 @@ def test_ttl_gain_modes(tmp_path, text_corpus):
     assert ppl["frozen"] != pytest.approx(ppl["forward"], rel=1e-3)
     assert ppl["ttl-teach"] != pytest.approx(ppl["forward"], rel=1e-3)
     assert proc.stdout.splitlines()[0] == "| checkpoint | source | frozen | forward | ttl-teach | ttl-reconstruction |"
+    capped = tmp_path / "capped.json"  # the same forward with every in-context step capped: a different number
+    run_bench("ttl_gain.py", *args, "--modes", "forward", "--overrides", "cms_max_step=0.0001", "--out", str(capped))
+    report = json.loads(capped.read_text())
+    assert report["overrides"] == {"cms_max_step": 0.0001}
+    assert report["rows"][0]["perplexity"]["forward"] != pytest.approx(ppl["forward"], rel=1e-3)

@@ -157,6 +157,31 @@ def test_reconstruction_learning_lowers_its_objective():
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.parametrize("learn_in_context", [False, True])
+def test_max_step_caps_every_in_context_step(learn_in_context):
+    """A step size far too large (inner lr 100) over 30 tokens, through the test-time (teach) and the in-forward
+    (reconstruction) paths: with max_step the outputs stay finite and each level's change is at most its number of
+    steps x max_step x the stored matrix's norm (each step's own bound, summed); without it the fast weights run
+    away (beyond that bound, or to inf/NaN)."""
+    objective = "reconstruction" if learn_in_context else "teach"
+    x, teach = randn(2, 30, D), randn(2, 30, D, seed=2)
+    outputs, changes = [], []
+    for max_step in (0.01, None):
+        torch.manual_seed(0)
+        cms = ContinuumMemory(
+            D, HIDDEN, PERIODS, 100.0, objective, learn_in_context=learn_in_context, max_step=max_step
+        )
+        y, state = cms.double()(x, learn=not learn_in_context, teach=None if learn_in_context else teach)
+        outputs.append(y)
+        changes.append([[d.flatten(1).norm(dim=1).max() for d in delta] for delta in state.delta])
+    assert torch.isfinite(outputs[0]).all()
+    for lv, (level, C) in enumerate(zip(cms.levels, PERIODS, strict=True)):
+        for capped, free, W in zip(changes[0][lv], changes[1][lv], level.weights(), strict=True):
+            bound = (30 // C) * 0.01 * W.norm()
+            assert capped <= bound * (1 + 1e-9)
+            assert not free <= bound  # larger, or NaN
+
+
 def test_arguments_are_checked():
     with pytest.raises(ValueError):
         ContinuumMemory(D, HIDDEN, (2, 0))

@@ -124,6 +124,7 @@ def test_presets_build_and_are_cpu_sized():
         ({"cms_objective": "mse"}, "model.cms_objective='mse'"),
         ({"hope_chunk_size": 0}, "model.hope_chunk_size=0 must be >= 1"),
         ({"cms_inner_lr": -1.0}, "model.cms_inner_lr=-1.0"),
+        ({"cms_max_step": 0.0}, "model.cms_max_step=0.0 must be > 0"),
     ],
 )
 def test_invalid_hope_values_are_clear(overrides, message):

@@ -56,6 +56,7 @@ from torch import nn
 from hope.layers.mlp import SwiGLU
 from hope.layers.norm import RMSNorm
 from hope.ops.cms import learn_level
+from hope.ops.common import level_step
 
 __all__ = ["ContinuumMemory", "CMSState", "OBJECTIVES"]
 
@@ -103,6 +104,8 @@ class ContinuumMemory(nn.Module):
         norm: pre-norm (RMSNorm) before each level's SwiGLU.
         norm_eps: RMSNorm epsilon.
         learn_in_context: every forward learns in context on the "reconstruction" objective (module docstring).
+        max_step: cap of each in-context step per matrix, as a fraction of the stored matrix's Frobenius norm
+            (``hope.ops.common.level_step``); None: no cap.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class ContinuumMemory(nn.Module):
         norm: bool = True,
         norm_eps: float = 1e-6,
         learn_in_context: bool = False,
+        max_step: float | None = None,
     ):
         super().__init__()
         L = len(periods)
@@ -123,6 +127,7 @@ class ContinuumMemory(nn.Module):
         if objective not in OBJECTIVES or min(periods, default=0) < 1 or not len(hidden) == len(self.inner_lr) == L:
             raise ValueError(f"need objective in {OBJECTIVES}, periods >= 1 and one hidden/inner_lr per level")
         self.periods, self.objective, self.learn_in_context = list(periods), objective, learn_in_context
+        self.max_step = max_step
         self.levels = nn.ModuleList(_Level(d_model, h, norm, norm_eps) for h in hidden)
 
     def level_parameters(self) -> list[list[nn.Parameter]]:
@@ -176,7 +181,7 @@ class ContinuumMemory(nn.Module):
             for lv, C in enumerate(self.periods):
                 grad_sum[lv] = grads[lv] if grad_sum[lv] is None else _add(grad_sum[lv], grads[lv])
                 if pos % C == 0:  # Eq. 31: step on the period's summed gradient
-                    step = tuple(-self.inner_lr[lv] * g for g in grad_sum[lv])
+                    step = level_step(grad_sum[lv], self.inner_lr[lv], self.levels[lv].weights(), self.max_step)
                     delta[lv], grad_sum[lv] = (step if delta[lv] is None else _add(delta[lv], step)), None
             start = end
         return torch.cat(ys, dim=1), CMSState(tuple(delta), tuple(grad_sum), pos)
@@ -185,7 +190,7 @@ class ContinuumMemory(nn.Module):
         """Eq. 30 while every level learns on its local objective, one level after the other (hope.ops.cms)."""
         h, delta, grad_sum = x, list(state.delta), list(state.grad_sum)
         for lv, level in enumerate(self.levels):
-            rule = (state.position, self.periods[lv], self.inner_lr[lv])
+            rule = (state.position, self.periods[lv], self.inner_lr[lv], self.max_step)
             y, delta[lv], grad_sum[lv] = learn_level(level.norm(h), level.weights(), delta[lv], grad_sum[lv], *rule)
             h = h + y
         return h, CMSState(tuple(delta), tuple(grad_sum), state.position + x.shape[1])

@@ -63,6 +63,7 @@ def build_cms(config: ModelConfig) -> ContinuumMemory:
         norm=True,
         norm_eps=config.norm_eps,
         learn_in_context=config.cms_learn_in_context,
+        max_step=config.cms_max_step,
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "clip_scale",
     "clip_grads",
     "safe_step_scale",
+    "level_step",
     "memory_mlp",
     "residual_mlp",
     "read_projections",
@@ -102,6 +103,20 @@ def safe_step_scale(grad_sq: torch.Tensor, jvp_sq: torch.Tensor, eta: torch.Tens
     """
     bound = (2 * chunk_size) * eta * jvp_sq
     return grad_sq / torch.maximum(grad_sq, bound).clamp_min(torch.finfo(grad_sq.dtype).tiny)
+
+
+def level_step(grad_sum: Weights, lr: float, stored: Weights, max_step: float | None = None) -> Weights:
+    """A CMS level's in-context step (NL Eq. 31): -lr times the period's summed gradient, per matrix.
+
+    With ``max_step`` (our safeguard, ``ModelConfig.cms_max_step``) each stream's step of each matrix is scaled to a
+    Frobenius norm of at most ``max_step`` times the stored matrix's: the sum of a period's gradients has no bound
+    of its own, and one overshooting step is read by every later token, so it compounds along the stream.
+    """
+    steps = tuple(-lr * g for g in grad_sum)
+    if max_step is None:
+        return steps
+    scales = (clip_scale(S.pow(2).sum((-2, -1)), max_step * W.norm()) for S, W in zip(steps, stored, strict=True))
+    return tuple(S * c[..., None, None] for S, c in zip(steps, scales, strict=True))
 
 
 def memory_mlp(weights: Weights, x: torch.Tensor, residual: bool = True, activation: str = "silu") -> torch.Tensor:

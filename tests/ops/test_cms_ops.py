@@ -25,10 +25,10 @@ def leaves(inputs):
     return [t.requires_grad_() for t in tensors]
 
 
-def run(fn, inputs, position, period):
+def run(fn, inputs, position, period, lr=LR, max_step=None):
     """Outputs (y, delta, grad_sum flattened) and the gradients of a fixed random functional of them."""
     xs = leaves(inputs)
-    y, delta, grad_sum = fn(*inputs, position, period, LR)
+    y, delta, grad_sum = fn(*inputs, position, period, lr, max_step)
     outs = [y, *(delta or ()), *(grad_sum or ())]
     g = torch.Generator().manual_seed(9)
     loss = sum((o * torch.randn(o.shape, dtype=F64, generator=g)).sum() for o in outs)
@@ -47,6 +47,30 @@ def test_chunked_matches_naive(position, period, with_state):
     assert nones == nones_ref
     for a, b in zip([*out, *grads], [*out_ref, *grads_ref], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("position, period, with_state", [(0, 4, False), (3, 4, True)])
+def test_capped_steps_match_naive(position, period, with_state):
+    """With a cap that binds (a step of lr 10 is far above 2 % of the weights' norm), the same comparison."""
+    inputs = lambda: make_inputs(with_state=with_state)  # noqa: E731
+    out, grads, _ = run(chunked.learn_level, inputs(), position, period, lr=10.0, max_step=0.02)
+    out_ref, grads_ref, _ = run(naive.learn_level, inputs(), position, period, lr=10.0, max_step=0.02)
+    for a, b in zip([*out, *grads], [*out_ref, *grads_ref], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_cap_bounds_every_step_and_leaves_small_steps_alone():
+    u, weights, _, _ = make_inputs()
+    _, delta, _ = chunked.learn_level(u[:, :4], weights, None, None, 0, 4, 10.0, 0.02)  # one step, capped
+    _, free, _ = chunked.learn_level(u[:, :4], weights, None, None, 0, 4, 10.0)
+    for d, f, W in zip(delta, free, weights, strict=True):
+        norms = d.flatten(1).norm(dim=1)  # per stream
+        assert torch.all(norms <= 0.02 * W.norm() * (1 + 1e-12)) and torch.all(f.flatten(1).norm(dim=1) > norms)
+        torch.testing.assert_close(d / norms[:, None, None], f / f.flatten(1).norm(dim=1)[:, None, None])  # direction
+    _, small, _ = chunked.learn_level(u[:, :4], weights, None, None, 0, 4, 1e-4, 0.02)  # far under the cap
+    _, small_free, _ = chunked.learn_level(u[:, :4], weights, None, None, 0, 4, 1e-4)
+    for a, b in zip(small, small_free, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_steps_change_the_weights_and_no_grad_gives_the_same_values():

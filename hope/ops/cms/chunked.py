@@ -24,7 +24,7 @@ gradient); levels are independent loops, so level l costs T / C^(l) steps, not T
 import torch
 import torch.nn.functional as F
 
-from hope.ops.common import ACTIVATIONS
+from hope.ops.common import ACTIVATIONS, level_step
 
 __all__ = ["learn_level", "reconstruction_grads"]
 
@@ -51,12 +51,13 @@ def learn_level(
     position: int,
     period: int,
     lr: float,
+    max_step: float | None = None,
 ) -> tuple[torch.Tensor, Weights | None, Weights | None]:
     """The level's branch output y [B, T, d] for its normalised input u [B, T, d], learning as it reads.
 
     ``weights``: the stored (gate, up, down); ``delta``: the stream's in-context change of them, [B, ., .] each,
     or None; ``grad_sum``: gradients summed since the last step, or None; ``position``: tokens of the stream
-    before u. Returns y and the new (delta, grad_sum).
+    before u; ``max_step``: the cap of ``hope.ops.common.level_step``. Returns y and the new (delta, grad_sum).
     """
     ys, start, T = [], 0, u.shape[1]
     while start < T:
@@ -66,7 +67,7 @@ def learn_level(
         ys.append(y)
         grad_sum = grads if grad_sum is None else tuple(s + g for s, g in zip(grad_sum, grads, strict=True))
         if (position + end) % period == 0:  # Eq. 31: step on the period's summed gradient
-            step = tuple(-lr * g for g in grad_sum)
+            step = level_step(grad_sum, lr, weights, max_step)
             delta, grad_sum = (step if delta is None else tuple(d + s for d, s in zip(delta, step, strict=True))), None
         start = end
     return torch.cat(ys, dim=1), delta, grad_sum

@@ -9,6 +9,8 @@ differentiate through the updates), and the level steps whenever the stream posi
 import torch
 import torch.nn.functional as F
 
+from hope.ops.common import level_step
+
 __all__ = ["learn_level"]
 
 
@@ -16,7 +18,7 @@ def _swiglu(u, gate, up, down):
     return (F.silu(u @ gate.mT) * (u @ up.mT)) @ down.mT
 
 
-def learn_level(u, weights, delta, grad_sum, position: int, period: int, lr: float):
+def learn_level(u, weights, delta, grad_sum, position: int, period: int, lr: float, max_step=None):
     """Same arguments and results as ``hope.ops.cms.chunked.learn_level``."""
     outer = torch.is_grad_enabled()
     B = u.shape[0]
@@ -33,7 +35,7 @@ def learn_level(u, weights, delta, grad_sum, position: int, period: int, lr: flo
         ys.append(y if outer else y.detach())
         grad_sum = grads if grad_sum is None else tuple(s + g for s, g in zip(grad_sum, grads, strict=True))
         if (position + t + 1) % period == 0:
-            step = tuple(-lr * g for g in grad_sum)
+            step = level_step(grad_sum, lr, weights, max_step)
             delta = step if delta is None else tuple(d + s for d, s in zip(delta, step, strict=True))
             grad_sum = None
     return torch.cat(ys, dim=1), delta, grad_sum
