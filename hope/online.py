@@ -49,6 +49,8 @@ class TTLConfig:
     """in-context step size of every level; None: the model's ``cms_inner_lr``"""
     objective: Literal["teach", "reconstruction"] | None = None
     """``teach`` (next-token loss through the head) or ``reconstruction`` (layer-local); None: the model's"""
+    max_step: float | None = None
+    """cap of each in-context step, as a fraction of the stored weights' norm (``cms_max_step``); None: the model's"""
     consolidate: bool = False
     """write the fast weights into the model at each document's end (perplexity, rolling) or task's end
     (retention), instead of keeping them in the state or dropping them with it"""
@@ -108,7 +110,7 @@ def online_model(
             f"families {', '.join(HOPE_FAMILIES)}). For a {family} model use dynamic evaluation instead "
             "(--dynamic, DynamicConfig; dynamic=true in lm-eval's --model_args)."
         )
-    return OnlineLM(model, TestTimeLearner(model, ttl.inner_lr, ttl.objective))
+    return OnlineLM(model, TestTimeLearner(model, ttl.inner_lr, ttl.objective, ttl.max_step))
 
 
 @contextmanager

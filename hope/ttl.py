@@ -50,11 +50,19 @@ class TestTimeLearner:
             Setting it changes the CMS modules of ``model`` (they hold the in-context step sizes).
         objective: "teach" (next-token loss) or "reconstruction" (layer-local; no loss needed); None keeps the
             model's.
+        max_step: cap of each in-context step, as a fraction of the stored weights' norm (``cms_max_step``,
+            ``hope.ops.common.level_step``); None keeps the model's.
     """
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, model: HopeLM, inner_lr: float | list[float] | None = None, objective: str | None = None):
+    def __init__(
+        self,
+        model: HopeLM,
+        inner_lr: float | list[float] | None = None,
+        objective: str | None = None,
+        max_step: float | None = None,
+    ):
         self.model = model
         self.cms: list[ContinuumMemory] = [getattr(block, "cms", None) for block in model.blocks]
         if any(cms is None for cms in self.cms):
@@ -68,6 +76,10 @@ class TestTimeLearner:
                 if objective not in ("teach", "reconstruction"):
                     raise ValueError(f"objective={objective!r}; choose 'teach' or 'reconstruction'")
                 cms.objective = objective
+            if max_step is not None:
+                if max_step <= 0:
+                    raise ValueError(f"max_step={max_step} must be > 0 (or None: the model's cms_max_step)")
+                cms.max_step = max_step
 
     def _piece_len(self, state: list | None) -> int:
         """Tokens until the next update of any level (a piece never crosses one; see the module docstring)."""

@@ -70,6 +70,15 @@ def test_perplexity_with_test_time_learning(files):
     assert consolidated["token_perplexity"] != learned["token_perplexity"]  # later documents read earlier ones
 
 
+def test_capped_test_time_learning_stays_finite(files):
+    """--ttl.max_step caps every in-context step (cms_max_step): an absurd step size still gives a finite score."""
+    common = ["--state", "document", "--progress", "false", "--ttl.inner_lr", "1e6"]
+    capped = perplexity(files, "hope", *common, "--ttl.max_step", "0.01")
+    assert capped["ttl"]["max_step"] == 0.01 and math.isfinite(capped["loglikelihood"])
+    with pytest.raises(ValueError, match="max_step=0.0 must be > 0"):
+        perplexity(files, "hope", *common, "--ttl.max_step", "0")
+
+
 def test_perplexity_with_dynamic_evaluation(files):
     common = ["--state", "carry", "--progress", "false"]
     plain = perplexity(files, "transformer", *common)

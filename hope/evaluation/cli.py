@@ -95,7 +95,8 @@ def perplexity(
         plot: write the perplexity-by-position PNG here (default: ``out`` with ``.png``).
         progress: show a progress bar.
         ttl: test-time learning (hope, hope-attention): the CMS levels learn from every token after scoring it;
-            ``--ttl`` alone, or ``--ttl.inner_lr``, ``--ttl.objective teach|reconstruction``,
+            ``--ttl`` alone, or ``--ttl.inner_lr``, ``--ttl.objective teach|reconstruction``, ``--ttl.max_step``
+            (cap of each in-context step, a fraction of the weights' norm),
             ``--ttl.consolidate true`` (write the fast weights into the model at each document's end; rolling,
             ``--state document|carry``) and ``--ttl.max_change`` (cap of one consolidation per level).
         dynamic: dynamic evaluation (every family; Krause et al.): gradient steps on all weights, each segment
