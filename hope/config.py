@@ -222,12 +222,6 @@ class ModelConfig:
             raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 1 or null (full attention).")
         if self.memory_kernel not in MEMORY_KERNELS:
             raise ValueError(f"model.memory_kernel={self.memory_kernel!r} is unknown; choose one of {MEMORY_KERNELS}.")
-        needs = {"triton": ("triton", "cuda"), "fla": ("fla", "fla")}.get(self.memory_kernel)
-        if needs and importlib.util.find_spec(needs[0]) is None:
-            raise ValueError(
-                f"model.memory_kernel={self.memory_kernel!r} needs {needs[0]} (pip install 'hope[{needs[1]}]'); "
-                "use memory_kernel: torch."
-            )
         gated_delta = {
             "memory_linear": True,
             "memory_momentum": False,
@@ -239,6 +233,13 @@ class ModelConfig:
             raise ValueError(
                 f"model.memory_kernel='fla' is the gated delta rule, which equals the memory only with {gated_delta}; "
                 f"got {wrong}. Set those fields, or memory_kernel: torch."
+            )
+        # installation last: the fields' error is the one to fix first (and testable without the package)
+        needs = {"triton": ("triton", "cuda"), "fla": ("fla", "fla")}.get(self.memory_kernel)
+        if needs and importlib.util.find_spec(needs[0]) is None:
+            raise ValueError(
+                f"model.memory_kernel={self.memory_kernel!r} needs {needs[0]} (pip install 'hope[{needs[1]}]'); "
+                "use memory_kernel: torch."
             )
         if self.memory_max_grad_norm is not None and self.memory_max_grad_norm <= 0:
             raise ValueError(
