@@ -147,5 +147,28 @@ if [ "${BENCH:-1}" = 1 ] && mkdir "$OUT/bench.lock" 2> /dev/null; then
   rmdir "$OUT/bench.lock"
 fi
 
-# 5. The tables and the plot.
+# 5. Added after the tables above: HOPE's test-time learning with each in-context step capped (--method.ttl.max_step,
+# i.e. cms_max_step), sweeping the consolidation cap and the passes, on the same sequence. Reports are copied to
+# $DOC/results/retention-cap/ (the README's "step cap" tables).
+read -r -a SWEEP <<< "${SWEEP:-lr1e-2-nostep-nochange lr3e-2-step3e-2-change5e-2 lr3e-2-step3e-2-change2e-1
+  lr3e-2-step3e-2-change2e-1-passes3 lr3e-2-step3e-2-nochange}"
+declare -A CAPPED=(
+  [lr1e-2-nostep-nochange]='--method.ttl.inner_lr 0.01'
+  [lr3e-2-step3e-2-change5e-2]='--method.ttl.inner_lr 0.03 --method.ttl.max_step 0.03 --method.ttl.max_change 0.05'
+  [lr3e-2-step3e-2-change2e-1]='--method.ttl.inner_lr 0.03 --method.ttl.max_step 0.03 --method.ttl.max_change 0.2'
+  [lr3e-2-step3e-2-change2e-1-passes3]='--method.ttl.inner_lr 0.03 --method.ttl.max_step 0.03 --method.ttl.max_change 0.2 --method.passes 3'
+  [lr3e-2-step3e-2-nochange]='--method.ttl.inner_lr 0.03 --method.ttl.max_step 0.03'
+)
+for name in "${SWEEP[@]}"; do
+  run=$OUT/retention-cap/$name
+  [ -f "$run/retention.json" ] || { mkdir -p "$OUT/retention-cap"
+    # shellcheck disable=SC2086  # CAPPED holds several flags
+    hope eval retention --checkpoint "$OUT/hope/checkpoints/last.ckpt" "${SUITE[@]}" --method TestTimeLearning \
+      --method.ttl.consolidate true ${CAPPED[$name]} --device cpu --progress false --out_dir "$run" > "$run.log" 2>&1 \
+      || { echo "failed: $run (see $run.log)"; exit 1; }; }
+  mkdir -p "$DOC/results/retention-cap"
+  cp "$run/retention.json" "$DOC/results/retention-cap/$name.json"
+done
+
+# 6. The tables and the plot.
 python "$DOC/tables.py" "$OUT" "$DOC/results"
