@@ -96,7 +96,8 @@ def online_model(
     model: HopeLM, ttl: TTLConfig | None = None, dynamic: DynamicConfig | None = None
 ) -> HopeLM | OnlineLM:
     """``model`` read with test-time learning (``ttl``) or dynamic evaluation (``dynamic``); ``model`` itself if
-    neither. Test-time learning sets the model's CMS step size and objective when given (``learning`` restores them)."""
+    neither. Test-time learning sets the model's CMS step size, objective and step cap when given (``learning`` restores
+    them)."""
     if ttl is not None and dynamic is not None:
         raise ValueError("choose one of ttl (test-time learning) and dynamic (dynamic evaluation), not both")
     if dynamic is not None:
@@ -123,13 +124,15 @@ def learning(
         yield model
         return
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    settings = [(m, list(m.inner_lr), m.objective) for m in model.modules() if isinstance(m, ContinuumMemory)]
+    settings = [
+        (m, list(m.inner_lr), m.objective, m.max_step) for m in model.modules() if isinstance(m, ContinuumMemory)
+    ]
     try:
         yield online_model(model, ttl, dynamic)
     finally:
         model.load_state_dict(weights)
-        for m, inner_lr, objective in settings:
-            m.inner_lr, m.objective = inner_lr, objective
+        for m, inner_lr, objective, max_step in settings:
+            m.inner_lr, m.objective, m.max_step = inner_lr, objective, max_step
 
 
 def learning_settings(ttl: TTLConfig | None, dynamic: DynamicConfig | None) -> dict:

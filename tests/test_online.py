@@ -140,13 +140,17 @@ def test_an_evaluation_leaves_its_model_as_it_was():
 def test_learning_restores_after_an_error():
     model = small_model("hope")
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match="boom"), learning(model, ttl=TTLConfig(inner_lr=0.7)) as reader:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        learning(model, ttl=TTLConfig(inner_lr=0.7, max_step=0.1)) as reader,
+    ):
         assert isinstance(reader, OnlineLM) and model.blocks[0].cms.inner_lr == [0.7, 0.7]
+        assert model.blocks[0].cms.max_step == 0.1
         with torch.no_grad():
             model.head.weight.add_(1.0)
         raise RuntimeError("boom")
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
-    assert model.blocks[0].cms.inner_lr != [0.7, 0.7]
+    assert model.blocks[0].cms.inner_lr != [0.7, 0.7] and model.blocks[0].cms.max_step is None
 
 
 def test_learning_from_flat_arguments():
