@@ -1,7 +1,10 @@
 """Metric formulas against hand-computed values (hope.evaluation.metrics)."""
 
 import math
+import random
+import statistics
 
+import numpy as np
 import pytest
 
 from hope.evaluation import metrics as M
@@ -20,6 +23,36 @@ def test_language_model_formulas():
     assert M.word_perplexity(-3 * math.log(10), 3) == pytest.approx(10.0)
     with pytest.raises(ValueError):
         M.token_perplexity(-1.0, 0)
+
+
+def test_batch_means_standard_error_matches_a_plain_loop():
+    rng = random.Random(0)
+    values = [rng.gauss(0.0, 1.0) for _ in range(103)]
+    means = [sum(values[i * 10 : (i + 1) * 10]) / 10 for i in range(10)]  # the last 3 values left out
+    assert M.batch_means_standard_error(values, 10) == pytest.approx(statistics.stdev(means) / math.sqrt(10))
+    assert M.batch_means_standard_error(values[:19], 10) is None  # one full batch: no spread
+    with pytest.raises(ValueError, match="batch=0"):
+        M.batch_means_standard_error(values, 0)
+
+
+def test_batch_means_see_the_serial_correlation_that_the_iid_formula_misses():
+    """AR(1) with phi 0.8 and unit innovations: the mean's standard error is 1/(1-phi)/sqrt(n) = 5/sqrt(n), three
+    times the i.i.d. formula's sd/sqrt(n) (sd = 1/sqrt(1-phi^2)). Batch means of 400 recover it."""
+    phi, n = 0.8, 40_000
+    noise = np.random.default_rng(0).standard_normal(n)
+    x = np.empty(n)
+    x[0] = noise[0] / math.sqrt(1 - phi**2)  # start in the stationary distribution
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + noise[t]
+    truth = 1 / (1 - phi) / math.sqrt(n)
+    assert M.batch_means_standard_error(x, 400) == pytest.approx(truth, rel=0.25)
+    assert x.std(ddof=1) / math.sqrt(n) < 0.5 * truth
+
+
+def test_perplexity_interval():
+    lo, hi = M.perplexity_interval(math.log(100.0), 0.1)
+    assert lo == pytest.approx(100 * math.exp(-0.196)) and hi == pytest.approx(100 * math.exp(0.196))
+    assert M.perplexity_interval(1.0, None) is None
 
 
 def test_counting_follows_lm_eval():

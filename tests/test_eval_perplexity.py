@@ -3,6 +3,7 @@ rules, hand-checkable values, and the command end to end on a `hope fit` checkpo
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -130,20 +131,41 @@ def test_strided_matches_hf_guide_loop(window, stride):
     assert -report["loglikelihood"] == pytest.approx(nll, rel=1e-6)
 
 
-def test_rolling_matches_per_token_brute_force():
-    """Each target's log-probability from one forward pass of exactly its lm-eval context."""
-    model, tok = tiny_model(max_seq_len=8), Tokenizer.default()
-    report = evaluate_perplexity(model, tok, TEXTS, "rolling", window=8, bucket_size=4, progress=False)
-    total, by_position = 0.0, {}
+def brute_force_logprobs(model, tok, window: int) -> list[float]:
+    """Every target's log-probability, in scoring order, from one forward pass of exactly its lm-eval context."""
+    logprobs = []
     for tokens in tok.encode_batch(TEXTS, bos=False):
-        for context, preds in lm_eval_rolling_windows(tokens, tok.bos_id, 8):
+        for context, preds in lm_eval_rolling_windows(tokens, tok.bos_id, window):
             for k in range(len(preds)):  # the prediction of preds[k] sits at input index len(context)-len(preds)+k
                 cut = len(context) - len(preds) + k + 1
-                total += logprob_of_next(model, context[:cut], preds[k])
+                logprobs.append(logprob_of_next(model, context[:cut], preds[k]))
+    return logprobs
+
+
+def test_rolling_matches_per_token_brute_force():
+    model, tok = tiny_model(max_seq_len=8), Tokenizer.default()
+    report = evaluate_perplexity(model, tok, TEXTS, "rolling", window=8, bucket_size=4, progress=False)
+    by_position = {}
+    for tokens in tok.encode_batch(TEXTS, bos=False):
         for i in range(len(tokens)):  # token i of a document has position i
             by_position[i // 4] = by_position.get(i // 4, 0) + 1
-    assert report["loglikelihood"] == pytest.approx(total, rel=1e-6)
+    assert report["loglikelihood"] == pytest.approx(sum(brute_force_logprobs(model, tok, 8)), rel=1e-6)
     assert {b["start"] // 4: b["tokens"] for b in report["by_position"]["buckets"]} == by_position
+
+
+def test_standard_error_is_batch_means_of_the_scored_tokens():
+    model, tok = tiny_model(max_seq_len=8), Tokenizer.default()
+    report = evaluate_perplexity(model, tok, TEXTS, "rolling", window=8, progress=False, se_batch_tokens=5)
+    nlls = [-lp for lp in brute_force_logprobs(model, tok, 8)]
+    n_batches = len(nlls) // 5
+    means = [sum(nlls[5 * i : 5 * i + 5]) / 5 for i in range(n_batches)]
+    assert report["nll_standard_error"] == pytest.approx(statistics.stdev(means) / math.sqrt(n_batches), rel=1e-5)
+    low, high = report["token_perplexity_interval95"]
+    assert low < report["token_perplexity"] < high
+    one_batch = evaluate_perplexity(model, tok, TEXTS, window=8, progress=False, se_batch_tokens=len(nlls) // 2 + 1)
+    assert one_batch["nll_standard_error"] is None and one_batch["token_perplexity_interval95"] is None
+    with pytest.raises(ValueError, match="se_batch_tokens=0"):
+        evaluate_perplexity(model, tok, TEXTS, window=8, progress=False, se_batch_tokens=0)
 
 
 def test_uniform_logits_give_vocab_size_perplexity():

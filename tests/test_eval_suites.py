@@ -2,14 +2,17 @@
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
 
 from hope.config import ModelConfig
+from hope.continual.method import EvalContext
 from hope.continual.methods import InContext
 from hope.evaluation.retention import LocalDomains, SyntheticFacts, run_retention
 from hope.evaluation.retention.harness import format_summary
+from hope.evaluation.retention.tasks import HeldOutPerplexity
 from hope.model import HopeLM
 from hope.tokenizer import Tokenizer
 
@@ -89,3 +92,39 @@ def test_facts_report_standard_errors():
     assert report["standard_errors"]["average_accuracy"] == pytest.approx(math.hypot(*final) / 2)
     text = format_summary(report)
     assert f"±{final[0]:.3f}" in text and "binomial standard error" in text
+
+
+def test_held_out_perplexity_standard_error_is_batch_means_over_chunks():
+    """Each 16-token chunk scored alone by a plain forward; the standard error is ppl * (sd of the chunks' mean NLLs
+    / sqrt(chunks)), the delta method on batch means (every chunk has 15 predictions here)."""
+    torch.manual_seed(0)
+    model = HopeLM(ModelConfig(n_layer=1, n_head=2, n_embd=32, intermediate_size=64, max_seq_len=64)).eval()
+    tok = Tokenizer.default()
+    test = HeldOutPerplexity(["def f(x):\n    return x * 2\n" * 20], max_tokens=16 * 6, chunk=16)
+    perplexity = test.evaluate(model, tok, EvalContext())
+    stream = test.tokens(tok)
+    assert len(stream) == 96
+    chunk_means = []
+    for start in range(0, 96, 16):
+        ids = torch.tensor([stream[start : start + 16]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids)[0][0, :-1, : model.config.vocab_size].double(), -1)
+        chunk_means.append(-logp.gather(-1, ids[0, 1:, None]).mean().item())
+    assert perplexity == pytest.approx(math.exp(sum(chunk_means) / 6), rel=1e-5)
+    se = perplexity * statistics.stdev(chunk_means) / math.sqrt(6)
+    assert test.standard_error(perplexity) == pytest.approx(se, rel=1e-4)
+    with pytest.raises(KeyError, match="not returned"):
+        test.standard_error(perplexity + 1.0)
+
+
+def test_domain_sequence_reports_standard_errors_of_perplexities(tmp_path):
+    a, b = write_folder(tmp_path / "alpha", 30, "alpha"), write_folder(tmp_path / "beta", 30, "beta")
+    torch.manual_seed(0)
+    model = HopeLM(ModelConfig(n_layer=1, n_head=2, n_embd=32, intermediate_size=64, max_seq_len=64)).eval()
+    suite = LocalDomains([str(a), str(b)], test_fraction=0.3, test_tokens=256, chunk=64)
+    general = HeldOutPerplexity(["x = 1\n" * 200], max_tokens=256, chunk=64)
+    report = run_retention(model, Tokenizer.default(), suite, InContext(), general=general, progress=False)
+    errors = report["standard_errors"]["matrix_with_initial"]
+    assert all(e is not None and e > 0 for row in errors for e in row)
+    assert report["general"]["before_standard_error"] > 0
+    assert "± standard error" in format_summary(report)

@@ -57,6 +57,7 @@ def perplexity(
     stride: int | None = None,
     state: Literal["reset", "carry", "document"] = "reset",
     bucket_size: int = 256,
+    se_batch_tokens: int = 128,
     val_fraction: float = 0.01,
     text_field: str = "text",
     encoding: str | None = None,
@@ -87,6 +88,8 @@ def perplexity(
             (rolling only: carried within a document, reset between documents). With ``--ttl``/``--dynamic``
             what was learned is part of the state: it lasts one window, one document or the whole stream.
         bucket_size: tokens per position bucket in the perplexity-by-position table and plot.
+        se_batch_tokens: tokens per batch of the batch-means standard error of the mean NLL (consecutive scored
+            tokens; longer than the text's correlation length, so that batch means are nearly independent).
         val_fraction: validation share used to split the source (``hope fit``'s ``data.val_fraction``).
         text_field: column with the text in json/parquet/hub sources.
         encoding: codec of local text/JSON files (default: UTF-8, or what a byte-order mark says).
@@ -116,7 +119,18 @@ def perplexity(
     }
     report.update(
         evaluate_perplexity(
-            model, tok, [text for _, text in docs], protocol, window, stride, state, bucket_size, progress, ttl, dynamic
+            model,
+            tok,
+            [text for _, text in docs],
+            protocol,
+            window,
+            stride,
+            state,
+            bucket_size,
+            progress,
+            ttl,
+            dynamic,
+            se_batch_tokens,
         )
     )
     learning = "test-time learning" if ttl else "dynamic evaluation" if dynamic else "no learning"
@@ -159,9 +173,14 @@ def format_perplexity(report: dict, protocol: str, state: str, learning: str = "
     )
     return (
         f"[hope] {report['documents']} documents, {report['tokens']} tokens: token perplexity "
-        f"{report['token_perplexity']:.3f}, bits/byte {report['bits_per_byte']:.4f}{word} "
+        f"{report['token_perplexity']:.3f}{_interval(report)}, bits/byte {report['bits_per_byte']:.4f}{word} "
         f"({protocol}, window {report['window']}, state {state}, {learning})"
     )
+
+
+def _interval(report: dict) -> str:
+    interval = report.get("token_perplexity_interval95")
+    return f" (95% interval {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
 
 
 def retention(

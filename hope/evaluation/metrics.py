@@ -11,6 +11,13 @@ Language modelling (lm-evaluation-harness definitions, ``lm_eval/api/metrics.py`
 tokens; bits per byte and word perplexity divide the same total by the bytes or words of the text, which makes
 them comparable across tokenizers.
 
+Spread (not in lm-eval, which reports none for perplexity): the per-token negative log-likelihoods of a text are
+serially correlated (a hard passage is hard for many tokens), so the i.i.d. formula ``sd / sqrt(n)`` understates
+the error of their mean. ``batch_means_standard_error`` cuts the series into consecutive batches (non-overlapping
+batch means, Flegal & Jones 2010): with batches much longer than the correlation length their means are nearly
+independent. A perplexity's interval is ``exp(nll ± 1.96 se)``; its standard error by the delta method
+``ppl * se``.
+
 Continual learning. ``R[i][j]`` is the score on task ``j`` after learning tasks ``0..i`` (T x T, row ``i`` =
 after task ``i``), ``b[j]`` the score of the model before it learned anything (GEM uses a randomly initialised
 model; we start from a pretrained checkpoint, so its starting score is the reference). With T tasks:
@@ -87,6 +94,27 @@ def count_words(text: str) -> int:
 def count_bytes(text: str) -> int:
     """Length of ``text`` in UTF-8 bytes (the denominator of bits per byte and byte perplexity)."""
     return len(text.encode("utf-8"))
+
+
+def batch_means_standard_error(values: Sequence[float] | np.ndarray, batch: int) -> float | None:
+    """Standard error of the mean of a serially correlated series: the sample standard deviation of the means of
+    consecutive ``batch``-value batches (a last partial batch left out) over sqrt(number of batches). None with
+    fewer than two full batches (no spread can be estimated)."""
+    if batch < 1:
+        raise ValueError(f"batch={batch} must be >= 1")
+    n_batches = len(values) // batch
+    if n_batches < 2:
+        return None
+    kept = np.asarray(values[: n_batches * batch], dtype=np.float64)
+    means = kept.reshape(n_batches, batch).mean(axis=1)  # [n_batches]
+    return float(means.std(ddof=1) / math.sqrt(n_batches))
+
+
+def perplexity_interval(nll: float, nll_standard_error: float | None, z: float = 1.96) -> list[float] | None:
+    """``[exp(nll - z se), exp(nll + z se)]``: the perplexity's 95 % interval (z = 1.96) from its mean NLL's error."""
+    if nll_standard_error is None:
+        return None
+    return [math.exp(nll - z * nll_standard_error), math.exp(nll + z * nll_standard_error)]
 
 
 # -- continual learning ----------------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ document taught outlives it. The model is restored when the evaluation ends.
 Reported: token perplexity (over the scored tokens), bits per byte, byte and word perplexity (over the UTF-8
 bytes and lm-eval words of the documents' text; see ``hope.evaluation.metrics``), and perplexity by the target's
 position in its document (the number of document tokens before it), in buckets of ``bucket_size`` tokens.
+Spread: the standard error of the mean NLL per token by batch means over consecutive ``se_batch_tokens``-token
+batches of the scored stream, in scoring order, and the token perplexity's 95 % interval from it (see
+``hope.evaluation.metrics``; null with fewer than two batches).
 """
 
 from __future__ import annotations
@@ -48,10 +51,12 @@ STATES = ("reset", "carry", "document")
 
 
 class Totals:
-    """Running sums of log-likelihood per token, per position bucket, and the text's bytes and words."""
+    """Running sums of log-likelihood per token, per position bucket, and the text's bytes and words; the scored
+    tokens' log-probs in scoring order, for the standard error."""
 
-    def __init__(self, bucket_size: int) -> None:
-        self.bucket_size = bucket_size
+    def __init__(self, bucket_size: int, se_batch_tokens: int = 128) -> None:
+        self.bucket_size, self.se_batch_tokens = bucket_size, se_batch_tokens
+        self.logprobs: list[np.ndarray] = []
         self.loglikelihood, self.tokens, self.bytes, self.words, self.documents = 0.0, 0, 0, 0, 0
         self.bucket_ll = np.zeros(0)
         self.bucket_n = np.zeros(0, dtype=np.int64)
@@ -65,6 +70,7 @@ class Totals:
     def add_scores(self, logprobs: torch.Tensor, positions: np.ndarray) -> None:
         """Add scored tokens' log-probs [N] to the totals and to the buckets of their document positions [N]."""
         lp = logprobs.numpy()
+        self.logprobs.append(lp)
         self.loglikelihood += float(lp.sum())
         self.tokens += len(lp)
         buckets = positions // self.bucket_size
@@ -91,14 +97,19 @@ class Totals:
             for i, (s, n) in enumerate(zip(self.bucket_ll, self.bucket_n, strict=True))
             if n > 0
         ]
+        nll = -ll / self.tokens
+        nll_se = metrics.batch_means_standard_error(-np.concatenate(self.logprobs), self.se_batch_tokens)
         return {
             "documents": self.documents,
             "tokens": self.tokens,
             "bytes": self.bytes,
             "words": self.words,
             "loglikelihood": ll,
-            "nll_per_token": -ll / self.tokens,
+            "nll_per_token": nll,
+            "nll_standard_error": nll_se,
+            "se_batch_tokens": self.se_batch_tokens,
             "token_perplexity": metrics.token_perplexity(ll, self.tokens),
+            "token_perplexity_interval95": metrics.perplexity_interval(nll, nll_se),
             "bits_per_byte": metrics.bits_per_byte(ll, self.bytes),
             "byte_perplexity": metrics.byte_perplexity(ll, self.bytes),
             "word_perplexity": metrics.word_perplexity(ll, self.words),
@@ -130,6 +141,7 @@ def evaluate_perplexity(
     progress: bool = True,
     ttl: TTLConfig | None = None,
     dynamic: DynamicConfig | None = None,
+    se_batch_tokens: int = 128,
 ) -> dict:
     """Score ``texts`` with ``model``, learning while it reads with ``ttl`` or ``dynamic``; returns the report dict
     (see the module docstring)."""
@@ -147,6 +159,8 @@ def evaluate_perplexity(
         raise ValueError(f"stride={stride} must be in 1..window-1={window - 1} (window={window})")
     if bucket_size < 1:
         raise ValueError(f"bucket_size={bucket_size} must be >= 1")
+    if se_batch_tokens < 1:
+        raise ValueError(f"se_batch_tokens={se_batch_tokens} must be >= 1 (tokens per batch of the standard error)")
     consolidate = ttl is not None and ttl.consolidate
     if consolidate and (protocol != "rolling" or state == "reset"):
         raise ValueError(
@@ -156,7 +170,7 @@ def evaluate_perplexity(
     was_training = model.training
     model.eval()
     started = time.perf_counter()
-    totals = Totals(bucket_size)
+    totals = Totals(bucket_size, se_batch_tokens)
     token_lists = tokenizer.encode_batch(list(texts), bos=False)
     for text in texts:
         totals.add_text(text)

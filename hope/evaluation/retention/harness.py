@@ -6,9 +6,10 @@ learned anything, the baseline ``b`` of forward transfer), the continual-learnin
 validation split, bounded; its relative increase is SMF's "NQ drop" analogue), the methods' learning statistics,
 TensorBoard scalars, a JSON report, a heatmap of R and per-task curves.
 
-A test set with a ``standard_error(score)`` method (``CandidateRanking``: binomial) also gets the standard error of
-every entry of R (``standard_errors`` in the JSON, "± s.e." in the printed summary), and of the average accuracy
-(tasks independent: sqrt(sum of squares) / T).
+A test set with a ``standard_error(score)`` method (``CandidateRanking``: binomial; ``HeldOutPerplexity``: batch
+means over its chunks, delta method) also gets the standard error of every entry of R (``standard_errors`` in the
+JSON, "± s.e." in the printed summary), and of the final average (tasks independent: sqrt(sum of squares) / T);
+a general set with one gets ``before_standard_error``/``after_standard_error``.
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ def run_retention(
             "after_each_task": general_scores[1:],
             "relative_drop": metrics.relative_drop(general_scores[0], general_scores[-1], general.higher_is_better),
         }
+        if callable(getattr(general, "standard_error", None)):
+            report["general"]["before_standard_error"] = general.standard_error(general_scores[0])
+            report["general"]["after_standard_error"] = general.standard_error(general_scores[-1])
     report["seconds"] = round(time.perf_counter() - started, 3)
     if writer is not None:
         for key, value in report["summary"].items():
@@ -125,7 +129,8 @@ def standard_errors(tasks: list[Task], rows: list[list[float]]) -> dict | None:
     if not all(callable(getattr(t.test, "standard_error", None)) for t in tasks):
         return None
     matrix = [[t.test.standard_error(score) for t, score in zip(tasks, row, strict=True)] for row in rows]
-    return {"matrix_with_initial": matrix, "average_accuracy": sum(e * e for e in matrix[-1]) ** 0.5 / len(tasks)}
+    final = None if None in matrix[-1] else sum(e * e for e in matrix[-1]) ** 0.5 / len(tasks)
+    return {"matrix_with_initial": matrix, "average_accuracy": final}
 
 
 def _log_row(writer, step, names, metric, row, general_score, general, stats=None) -> None:
@@ -154,6 +159,10 @@ def write_outputs(report: dict, out_dir: str | Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
+def _err(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3g}" if value >= 1 else f"{value:.3f}"
+
+
 def format_summary(report: dict) -> str:
     """A few lines for the terminal: the matrix and the summary."""
     names, metric, errors = report["task_names"], report["metric"], report.get("standard_errors")
@@ -165,12 +174,13 @@ def format_summary(report: dict) -> str:
     for i, (label, row) in enumerate(zip(["initial", *names], report["matrix_with_initial"], strict=True)):
         cells = [f"{v:.4g}" for v in row]
         if errors is not None:
-            cells = [f"{c}±{e:.3f}" for c, e in zip(cells, errors["matrix_with_initial"][i], strict=True)]
+            cells = [f"{c}±{_err(e)}" for c, e in zip(cells, errors["matrix_with_initial"][i], strict=True)]
         lines.append(f"{label[:13]:<14}" + "".join(c.rjust(width) for c in cells))
     names_in_metric = {"average_accuracy": f"average {metric}", "learning_accuracy": f"just-learned {metric}"}
     lines.append("  ".join(f"{names_in_metric.get(k, k)} {v:.4g}" for k, v in report["summary"].items()))
     if errors is not None:
-        lines.append(f"(± binomial standard error; average {metric} ±{errors['average_accuracy']:.3f})")
+        kind = "binomial standard error" if metric == "accuracy" else "standard error"
+        lines.append(f"(± {kind}; average {metric} ±{_err(errors['average_accuracy'])})")
     if "general" in report:
         g = report["general"]
         lines.append(

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from hope.continual.method import EvalContext, Task
+from hope.evaluation import metrics
 from hope.evaluation.scoring import Window, continuation_token_scores, read_context, score_windows, summed
 from hope.tokenizer import Tokenizer
 
@@ -75,7 +76,12 @@ class CandidateRanking:
 
 
 class HeldOutPerplexity:
-    """Token perplexity of held-out texts, at most ``max_tokens`` of them, in chunks of ``chunk`` tokens."""
+    """Token perplexity of held-out texts, at most ``max_tokens`` of them, in chunks of ``chunk`` tokens.
+
+    ``standard_error(score)`` is the standard error of a perplexity this set returned: by the delta method,
+    ``ppl * se(mean NLL)``, with se by batch means over the chunks (each chunk's predictions one batch; see
+    ``hope.evaluation.metrics``). It is kept per returned score, since the harness asks after the whole sequence.
+    """
 
     metric = "perplexity"
     higher_is_better = False
@@ -86,6 +92,7 @@ class HeldOutPerplexity:
             raise ValueError(f"chunk={chunk} must be >= 2 (its first token is context only)")
         self.texts, self.max_tokens, self.chunk = texts, max_tokens, chunk
         self._tokens: dict[str, list[int]] = {}  # per tokenizer fingerprint: tokenized once, reused every row
+        self._errors: dict[float, float | None] = {}  # perplexity returned -> its standard error
 
     def tokens(self, tokenizer: Tokenizer) -> list[int]:
         """The test stream ``[bos] text [eos] ...``, cut to ``max_tokens``."""
@@ -104,18 +111,27 @@ class HeldOutPerplexity:
         stream = self.tokens(tokenizer)
         room = max(model.config.max_seq_len + 1 - self.chunk, 0)  # prefix tokens that fit in a window with a chunk
         prefix, state = read_context(model, context.tokens, room, context.state)
-        total, count = 0.0, 0
+        nlls: list[torch.Tensor] = []
         for start in range(0, len(stream) - 1, self.chunk):
             piece = stream[start : start + self.chunk]
             if len(piece) < 2:
                 break
             seq = prefix + piece
             scored = score_windows(model, seq, [Window(0, len(seq) - 1, len(piece) - 1)], state, carry=False)
-            total -= float(scored.logprobs[-(len(piece) - 1) :].sum())
-            count += len(piece) - 1
-        if count == 0:
+            nlls.append(-scored.logprobs[-(len(piece) - 1) :].double())
+        if not nlls:
             raise ValueError("HeldOutPerplexity: the test texts have fewer than 2 tokens")
-        return math.exp(total / count)
+        nll_N = torch.cat(nlls).numpy()
+        perplexity = math.exp(float(nll_N.sum()) / len(nll_N))
+        nll_se = metrics.batch_means_standard_error(nll_N, self.chunk - 1)
+        self._errors[perplexity] = None if nll_se is None else perplexity * nll_se
+        return perplexity
+
+    def standard_error(self, perplexity: float) -> float | None:
+        """Standard error of a perplexity this set returned (None with fewer than two chunks)."""
+        if perplexity not in self._errors:
+            raise KeyError(f"perplexity {perplexity} was not returned by this test set's evaluate")
+        return self._errors[perplexity]
 
 
 def _bos(tokenizer: Tokenizer) -> list[int]:
