@@ -35,6 +35,17 @@ def test_batch_means_standard_error_matches_a_plain_loop():
         M.batch_means_standard_error(values, 0)
 
 
+def test_paired_log_ratio_is_the_mean_and_error_of_batch_differences():
+    a, b = [2.0, 3.0, 5.0, 4.0], [1.5, 2.9, 4.0, 3.9]  # batch k of a and b: the same tokens, two evaluations
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean, se = M.paired_log_ratio(a, b)
+    assert mean == pytest.approx(statistics.mean(diffs))
+    assert se == pytest.approx(statistics.stdev(diffs) / 2)
+    assert se < M.mean_standard_error(a)  # pairing removes the hard-batch variance both share
+    with pytest.raises(ValueError, match="differ in number"):
+        M.paired_log_ratio(a, b[:3])
+
+
 def test_batch_means_see_the_serial_correlation_that_the_iid_formula_misses():
     """AR(1) with phi 0.8 and unit innovations: the mean's standard error is 1/(1-phi)/sqrt(n) = 5/sqrt(n), three
     times the i.i.d. formula's sd/sqrt(n) (sd = 1/sqrt(1-phi^2)). Batch means of 400 recover it."""

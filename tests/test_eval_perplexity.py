@@ -159,6 +159,7 @@ def test_standard_error_is_batch_means_of_the_scored_tokens():
     nlls = [-lp for lp in brute_force_logprobs(model, tok, 8)]
     n_batches = len(nlls) // 5
     means = [sum(nlls[5 * i : 5 * i + 5]) / 5 for i in range(n_batches)]
+    assert report["nll_batch_means"] == pytest.approx(means, rel=1e-5)
     assert report["nll_standard_error"] == pytest.approx(statistics.stdev(means) / math.sqrt(n_batches), rel=1e-5)
     low, high = report["token_perplexity_interval95"]
     assert low < report["token_perplexity"] < high

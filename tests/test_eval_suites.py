@@ -111,6 +111,7 @@ def test_held_out_perplexity_standard_error_is_batch_means_over_chunks():
             logp = torch.log_softmax(model(ids)[0][0, :-1, : model.config.vocab_size].double(), -1)
         chunk_means.append(-logp.gather(-1, ids[0, 1:, None]).mean().item())
     assert perplexity == pytest.approx(math.exp(sum(chunk_means) / 6), rel=1e-5)
+    assert test.nll_batches(perplexity) == pytest.approx(chunk_means, rel=1e-5)
     se = perplexity * statistics.stdev(chunk_means) / math.sqrt(6)
     assert test.standard_error(perplexity) == pytest.approx(se, rel=1e-4)
     with pytest.raises(KeyError, match="not returned"):
@@ -127,4 +128,9 @@ def test_domain_sequence_reports_standard_errors_of_perplexities(tmp_path):
     errors = report["standard_errors"]["matrix_with_initial"]
     assert all(e is not None and e > 0 for row in errors for e in row)
     assert report["general"]["before_standard_error"] > 0
+    assert len(report["general"]["before_nll_batch_means"]) == 4  # 256 tokens in chunks of 64
+    batches = report["nll_batch_means"]  # rows: initial, after each task; per task its chunks' mean NLLs
+    assert [len(row) for row in batches] == [2, 2, 2] and all(len(task) == 4 for row in batches for task in row)
+    for row, row_batches in zip(report["matrix_with_initial"], batches, strict=True):
+        assert [math.exp(sum(b) / len(b)) for b in row_batches] == pytest.approx(row, rel=1e-5)
     assert "± standard error" in format_summary(report)

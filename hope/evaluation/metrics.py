@@ -16,7 +16,7 @@ serially correlated (a hard passage is hard for many tokens), so the i.i.d. form
 the error of their mean. ``batch_means_standard_error`` cuts the series into consecutive batches (non-overlapping
 batch means, Flegal & Jones 2010): with batches much longer than the correlation length their means are nearly
 independent. A perplexity's interval is ``exp(nll ± 1.96 se)``; its standard error by the delta method
-``ppl * se``.
+``ppl * se``. Two evaluations of the same text are compared by ``paired_log_ratio`` on their batch means.
 
 Continual learning. ``R[i][j]`` is the score on task ``j`` after learning tasks ``0..i`` (T x T, row ``i`` =
 after task ``i``), ``b[j]`` the score of the model before it learned anything (GEM uses a randomly initialised
@@ -96,18 +96,36 @@ def count_bytes(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
-def batch_means_standard_error(values: Sequence[float] | np.ndarray, batch: int) -> float | None:
-    """Standard error of the mean of a serially correlated series: the sample standard deviation of the means of
-    consecutive ``batch``-value batches (a last partial batch left out) over sqrt(number of batches). None with
-    fewer than two full batches (no spread can be estimated)."""
+def batch_means(values: Sequence[float] | np.ndarray, batch: int) -> np.ndarray:
+    """Means of consecutive ``batch``-value batches of ``values`` (a last partial batch left out)."""
     if batch < 1:
         raise ValueError(f"batch={batch} must be >= 1")
     n_batches = len(values) // batch
-    if n_batches < 2:
-        return None
     kept = np.asarray(values[: n_batches * batch], dtype=np.float64)
-    means = kept.reshape(n_batches, batch).mean(axis=1)  # [n_batches]
-    return float(means.std(ddof=1) / math.sqrt(n_batches))
+    return kept.reshape(n_batches, batch).mean(axis=1)  # [n_batches]
+
+
+def batch_means_standard_error(values: Sequence[float] | np.ndarray, batch: int) -> float | None:
+    """Standard error of the mean of a serially correlated series: the sample standard deviation of its batch means
+    over sqrt(number of batches). None with fewer than two full batches (no spread can be estimated)."""
+    return mean_standard_error(batch_means(values, batch))
+
+
+def mean_standard_error(samples: Sequence[float] | np.ndarray) -> float | None:
+    """``sd / sqrt(n)`` of nearly independent samples (e.g. batch means); None with fewer than two."""
+    if len(samples) < 2:
+        return None
+    return float(np.std(np.asarray(samples, dtype=np.float64), ddof=1) / math.sqrt(len(samples)))
+
+
+def paired_log_ratio(nll_batches_a: Sequence[float], nll_batches_b: Sequence[float]) -> tuple[float, float | None]:
+    """``log(ppl_a / ppl_b)`` and its standard error from the batch means of two evaluations of the *same* text
+    (batch k of both covers the same tokens): the mean and the standard error of the per-batch differences. Pairing
+    removes what makes one passage hard for both, which dominates an unpaired error."""
+    if len(nll_batches_a) != len(nll_batches_b):
+        raise ValueError(f"paired batches differ in number: {len(nll_batches_a)} vs {len(nll_batches_b)}")
+    diff = np.asarray(nll_batches_a, dtype=np.float64) - np.asarray(nll_batches_b, dtype=np.float64)
+    return float(diff.mean()), mean_standard_error(diff)
 
 
 def perplexity_interval(nll: float, nll_standard_error: float | None, z: float = 1.96) -> list[float] | None:

@@ -26,7 +26,8 @@ bytes and lm-eval words of the documents' text; see ``hope.evaluation.metrics``)
 position in its document (the number of document tokens before it), in buckets of ``bucket_size`` tokens.
 Spread: the standard error of the mean NLL per token by batch means over consecutive ``se_batch_tokens``-token
 batches of the scored stream, in scoring order, and the token perplexity's 95 % interval from it (see
-``hope.evaluation.metrics``; null with fewer than two batches).
+``hope.evaluation.metrics``; null with fewer than two batches); the batch means themselves, so that two reports on
+the same text compare paired (``metrics.paired_log_ratio``).
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class Totals:
             if n > 0
         ]
         nll = -ll / self.tokens
-        nll_se = metrics.batch_means_standard_error(-np.concatenate(self.logprobs), self.se_batch_tokens)
+        nll_batches = metrics.batch_means(-np.concatenate(self.logprobs), self.se_batch_tokens)
+        nll_se = metrics.mean_standard_error(nll_batches)
         return {
             "documents": self.documents,
             "tokens": self.tokens,
@@ -108,6 +110,7 @@ class Totals:
             "nll_per_token": nll,
             "nll_standard_error": nll_se,
             "se_batch_tokens": self.se_batch_tokens,
+            "nll_batch_means": [round(float(x), 6) for x in nll_batches],  # for paired comparisons on this text
             "token_perplexity": metrics.token_perplexity(ll, self.tokens),
             "token_perplexity_interval95": metrics.perplexity_interval(nll, nll_se),
             "bits_per_byte": metrics.bits_per_byte(ll, self.bytes),

@@ -9,7 +9,9 @@ TensorBoard scalars, a JSON report, a heatmap of R and per-task curves.
 A test set with a ``standard_error(score)`` method (``CandidateRanking``: binomial; ``HeldOutPerplexity``: batch
 means over its chunks, delta method) also gets the standard error of every entry of R (``standard_errors`` in the
 JSON, "± s.e." in the printed summary), and of the final average (tasks independent: sqrt(sum of squares) / T);
-a general set with one gets ``before_standard_error``/``after_standard_error``.
+a general set with one gets ``before_standard_error``/``after_standard_error``. Perplexity test sets also give their
+per-chunk mean NLLs (``nll_batches``: ``nll_batch_means`` in the JSON, and the general set's ``before_``/
+``after_nll_batch_means``), so that two entries on the same text compare paired (``metrics.paired_log_ratio``).
 """
 
 from __future__ import annotations
@@ -113,6 +115,11 @@ def run_retention(
         if callable(getattr(general, "standard_error", None)):
             report["general"]["before_standard_error"] = general.standard_error(general_scores[0])
             report["general"]["after_standard_error"] = general.standard_error(general_scores[-1])
+        if callable(getattr(general, "nll_batches", None)):
+            report["general"]["before_nll_batch_means"] = general.nll_batches(general_scores[0])
+            report["general"]["after_nll_batch_means"] = general.nll_batches(general_scores[-1])
+    if all(callable(getattr(t.test, "nll_batches", None)) for t in tasks):
+        report["nll_batch_means"] = [[t.test.nll_batches(v) for t, v in zip(tasks, row, strict=True)] for row in rows]
     report["seconds"] = round(time.perf_counter() - started, 3)
     if writer is not None:
         for key, value in report["summary"].items():

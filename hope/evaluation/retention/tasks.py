@@ -80,7 +80,8 @@ class HeldOutPerplexity:
 
     ``standard_error(score)`` is the standard error of a perplexity this set returned: by the delta method,
     ``ppl * se(mean NLL)``, with se by batch means over the chunks (each chunk's predictions one batch; see
-    ``hope.evaluation.metrics``). It is kept per returned score, since the harness asks after the whole sequence.
+    ``hope.evaluation.metrics``); ``nll_batches(score)`` the chunks' mean NLLs, for paired comparisons of two
+    evaluations. Both are kept per returned score, since the harness asks after the whole sequence.
     """
 
     metric = "perplexity"
@@ -92,7 +93,7 @@ class HeldOutPerplexity:
             raise ValueError(f"chunk={chunk} must be >= 2 (its first token is context only)")
         self.texts, self.max_tokens, self.chunk = texts, max_tokens, chunk
         self._tokens: dict[str, list[int]] = {}  # per tokenizer fingerprint: tokenized once, reused every row
-        self._errors: dict[float, float | None] = {}  # perplexity returned -> its standard error
+        self._batches: dict[float, list[float]] = {}  # perplexity returned -> its chunks' mean NLLs
 
     def tokens(self, tokenizer: Tokenizer) -> list[int]:
         """The test stream ``[bos] text [eos] ...``, cut to ``max_tokens``."""
@@ -123,15 +124,19 @@ class HeldOutPerplexity:
             raise ValueError("HeldOutPerplexity: the test texts have fewer than 2 tokens")
         nll_N = torch.cat(nlls).numpy()
         perplexity = math.exp(float(nll_N.sum()) / len(nll_N))
-        nll_se = metrics.batch_means_standard_error(nll_N, self.chunk - 1)
-        self._errors[perplexity] = None if nll_se is None else perplexity * nll_se
+        self._batches[perplexity] = [float(x) for x in metrics.batch_means(nll_N, self.chunk - 1)]
         return perplexity
+
+    def nll_batches(self, perplexity: float) -> list[float]:
+        """The chunks' mean NLLs behind a perplexity this set returned (full chunks only)."""
+        if perplexity not in self._batches:
+            raise KeyError(f"perplexity {perplexity} was not returned by this test set's evaluate")
+        return self._batches[perplexity]
 
     def standard_error(self, perplexity: float) -> float | None:
         """Standard error of a perplexity this set returned (None with fewer than two chunks)."""
-        if perplexity not in self._errors:
-            raise KeyError(f"perplexity {perplexity} was not returned by this test set's evaluate")
-        return self._errors[perplexity]
+        nll_se = metrics.mean_standard_error(self.nll_batches(perplexity))
+        return None if nll_se is None else perplexity * nll_se
 
 
 def _bos(tokenizer: Tokenizer) -> list[int]:
