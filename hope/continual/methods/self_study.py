@@ -121,6 +121,8 @@ class GapStudy(FinetuneMethod):
         super().__init__(loop)
         if focus not in FOCUS or not -1 <= min_gap < 1:
             raise ValueError(f"GapStudy needs focus in {FOCUS} and -1 <= min_gap < 1 (got {focus!r}, {min_gap}).")
+        if focus == "uniform" and notes is not None:
+            raise ValueError("GapStudy(focus='uniform') trains on the task's texts and would not use notes; drop one.")
         self.focus, self.min_gap = focus, min_gap
         self.notes = StudyPolicy.load(notes) if isinstance(notes, str | Path) else notes
         self._chosen: list[list[str]] = []  # per task, the operator of each study item
