@@ -110,6 +110,9 @@ def test_policy_json_round_trips_and_checks_its_fields(tmp_path):
         StudyPolicy(["qa", "source"], logits={"*": [1.0]})
     with pytest.raises(ValueError, match="condition in"):
         StudyPolicy(condition="person")
+    (tmp_path / "old.json").write_text(json.dumps({"operators": ["qa"], "temperature": 1.0}))
+    with pytest.raises(ValueError, match=r"unknown fields \['temperature'\]"):
+        StudyPolicy.load(tmp_path / "old.json")
     with pytest.raises(FileNotFoundError, match="train one with"):
         StudyPolicy.load(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="would not use notes"):

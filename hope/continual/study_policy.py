@@ -142,4 +142,10 @@ class StudyPolicy:
                 f"study policy {path} not found: train one with python -m "
                 "hope.evaluation.retention.study_policy, or pass a StudyPolicy"
             )
-        return cls(**json.loads(Path(path).read_text()))
+        fields = json.loads(Path(path).read_text())
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"study policy {path} has unknown fields {unknown}; it holds operators, condition, logits and choice"
+            )
+        return cls(**fields)
