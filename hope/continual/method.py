@@ -72,6 +72,11 @@ class StudyItem:
     prompt: str
     answer: str
     candidates: list[str]
+    relation: str = ""
+    """What kind of fact it is (``birthplace``, ...): a study policy may choose by it; empty if the suite has none."""
+    forms: dict[str, list[str]] = field(default_factory=dict)
+    """The same fact in other forms, by study operator (``paraphrase``, ``qa``, ``reverse``, ``implication``;
+    ``hope.continual.study_policy``), written by the suite; an operator without its form does not apply."""
 
 
 @dataclass

@@ -15,6 +15,13 @@ statements repeated in that order until the epoch holds as many blocks as the un
 shuffled; ``FinetuneMethod.epoch_blocks``), so the step budget is the baseline's exactly. Items already known
 closed-book, or not understood even open-book, are not studied. With no gap left, the epoch is the uniform one.
 ``focus="uniform"`` trains as the baseline but quizzes the same way: the control that reports the same counts.
+``focus="all"`` studies every item, in a shuffled order, without quizzing (what training a study policy needs).
+
+With a study policy (``notes``: a ``hope.continual.study_policy.StudyPolicy`` or the path of its JSON; piece 5),
+each item is written by the operator the policy chooses for it (paraphrase, question and answer, reversed relation,
+...) instead of as its source statements; the operators are drawn once per task (seeded by ``loop.seed`` and the
+task) and the epoch is filled to the same number of blocks. ``replay`` mixes in the training texts of the earlier
+tasks (the task's own for the first). Without ``notes`` the epochs are the source statements, as above.
 
 Reported per task (``learn``'s result): ``study_items``, ``gaps_found`` (open book right, closed book wrong,
 before the task), ``gaps_closed`` (of those, right closed-book after it), ``mean_gap_before``/``_after`` and
@@ -27,17 +34,20 @@ the study are the model's own.
 from __future__ import annotations
 
 import math
+import random
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from hope.continual.finetune import FinetuneMethod, TaskLoop
 from hope.continual.method import StudyItem, Task
+from hope.continual.study_policy import StudyPolicy, render
 from hope.data.blocks import text_blocks
 from hope.loss import next_token_loss
 from hope.tokenizer import Tokenizer
 
-FOCUS = ("gap", "uniform")
+FOCUS = ("gap", "uniform", "all")
 
 
 @torch.no_grad()
@@ -91,19 +101,33 @@ class GapStudy(FinetuneMethod):
     """Full finetuning that studies the largest open- vs closed-book gaps first, in the same steps (module docstring).
 
     Args:
-        focus: ``gap`` (study the items above ``min_gap``, largest first) or ``uniform`` (the baseline's epochs,
-            quizzed the same way: the control).
+        focus: ``gap`` (study the items above ``min_gap``, largest first), ``uniform`` (the baseline's epochs,
+            quizzed the same way: the control) or ``all`` (every item, shuffled, no quiz).
         min_gap: smallest ``p_open - p_closed`` of an item that is studied.
+        notes: a study policy (``StudyPolicy``, or the path of its JSON) that writes each studied item through
+            its operators; None studies the source statements.
         loop: how ``learn`` trains on a task of the retention harness.
     """
 
     name = "gap_study"
 
-    def __init__(self, focus: str = "gap", min_gap: float = 0.0, loop: TaskLoop | None = None) -> None:
+    def __init__(
+        self,
+        focus: str = "gap",
+        min_gap: float = 0.0,
+        notes: StudyPolicy | str | None = None,
+        loop: TaskLoop | None = None,
+    ) -> None:
         super().__init__(loop)
         if focus not in FOCUS or not -1 <= min_gap < 1:
             raise ValueError(f"GapStudy needs focus in {FOCUS} and -1 <= min_gap < 1 (got {focus!r}, {min_gap}).")
+        if focus == "uniform" and notes is not None:
+            raise ValueError("GapStudy(focus='uniform') trains on the task's texts and would not use notes; drop one.")
         self.focus, self.min_gap = focus, min_gap
+        self.notes = StudyPolicy.load(notes) if isinstance(notes, str | Path) else notes
+        self._chosen: list[list[str]] = []  # per task, the operator of each study item
+        self._earlier: list[str] = []  # the training texts of the tasks before: replay's pool
+        self._pool: list[str] = []
         self._tokenizer: Tokenizer | None = None
         self._model: nn.Module | None = None
         self._items: list[StudyItem] = []
@@ -134,15 +158,21 @@ class GapStudy(FinetuneMethod):
                 "(SyntheticFacts), or another method."
             )
         uniform = super().epoch_blocks(model, task, tokenizer, seq_len, epoch)
-        gaps, gap_found, _ = self.gaps(model, tokenizer, task.study)
-        studied = sorted((i for i, g in enumerate(gaps) if g > self.min_gap), key=lambda i: -gaps[i])
         if epoch == 0:
             self._model, self._tokenizer, self._items = model, tokenizer, task.study
-            self._found = [i for i, found in enumerate(gap_found) if found]
-            self._before = {"mean_gap_before": sum(gaps) / len(gaps), "studied_items": float(len(studied))}
+            self._begin_notes(task)
+        if self.focus == "all":
+            studied = list(range(len(task.study)))
+            random.Random(f"{self.loop.seed}/{self._tasks_learned}/{epoch}/order").shuffle(studied)
+        else:
+            gaps, gap_found, _ = self.gaps(model, tokenizer, task.study)
+            studied = sorted((i for i, g in enumerate(gaps) if g > self.min_gap), key=lambda i: -gaps[i])
+            if epoch == 0:
+                self._found = [i for i, found in enumerate(gap_found) if found]
+                self._before = {"mean_gap_before": sum(gaps) / len(gaps), "studied_items": float(len(studied))}
         if self.focus == "uniform" or not studied:
             return uniform
-        texts = [source for i in studied for source in task.study[i].sources]
+        texts = self._study_texts(task, studied, epoch)
         repeats = 1
         while True:  # the gap-ordered statements, repeated until they fill the uniform epoch's blocks
             inputs, labels = text_blocks(texts * repeats, tokenizer, seq_len)
@@ -150,10 +180,37 @@ class GapStudy(FinetuneMethod):
                 return inputs[: len(uniform[0])], labels[: len(uniform[0])]
             repeats = math.ceil(repeats * len(uniform[0]) / len(inputs)) + 1
 
+    def _begin_notes(self, task: Task) -> None:
+        """A new task: the policy's operator for each item, and replay's pool (the earlier tasks' texts)."""
+        self._pool = list(self._earlier or task.train)
+        self._earlier += task.train
+        if self.notes is not None:
+            rng = random.Random(f"{self.loop.seed}/{self._tasks_learned}/notes")
+            self._chosen.append([self.notes.choose(item, rng) for item in task.study])
+
+    def _study_texts(self, task: Task, studied: list[int], epoch: int) -> list[str]:
+        """The studied items' texts in order: their sources, or as the policy's operators write them."""
+        if self.notes is None:
+            return [source for i in studied for source in task.study[i].sources]
+        rng = random.Random(f"{self.loop.seed}/{self._tasks_learned}/{epoch}/render")
+        chosen = self._chosen[-1]
+        return [text for i in studied for text in render(chosen[i], task.study[i], rng, self._pool)]
+
+    def chosen_operators(self) -> list[list[str]]:
+        """Per task learned with ``notes``, the operator the policy chose for each study item (in ``Task.study``'s
+        order); what a study policy is trained on."""
+        return self._chosen
+
     def task_stats(self) -> dict[str, float]:
-        """Items, gaps found before the task and closed after it, mean gaps, items studied in the first epoch."""
+        """Items, gaps found before the task and closed after it, mean gaps, items studied in the first epoch;
+        with ``notes``, the items each operator wrote (``notes_<operator>``)."""
+        chosen = [] if self.notes is None else self._chosen[-1]
+        counts = {} if self.notes is None else {f"notes_{op}": float(chosen.count(op)) for op in self.notes.operators}
+        if self.focus == "all":
+            return {"study_items": float(len(self._items)), **counts}
         gaps, _, right_closed = self.gaps(self._model, self._tokenizer, self._items)
         return {
+            **counts,
             "study_items": float(len(self._items)),
             "gaps_found": float(len(self._found)),
             "gaps_closed": float(sum(right_closed[i] for i in self._found)),

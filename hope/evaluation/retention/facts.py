@@ -8,7 +8,9 @@ starting model scores at chance, and a method must learn them from the training 
   was born in Ostrella.", "Ostrella is the hometown of Dravo Kelmin.", ...), shuffled within the task.
 - Study items (``Task.study``, for self-study methods such as ``GapStudy``): per fact its training statements, the
   first one cut before the value as the question, and ``n_candidates`` values of the relation (drawn apart from the
-  test's), all from the training material. With ``test_template="seen"`` the question is the test's wording.
+  test's), all from the training material. With ``test_template="seen"`` the question is the test's wording. Each
+  item also carries the fact in the study operators' forms (``StudyItem.forms``: two other wordings, a question
+  with its answer, the reversed relation, an implication; ``Relation.study``), which no training or test text uses.
 - Test: one closed-book cloze per fact, scored by ranking ``n_candidates`` values of the same relation by
   log-likelihood (``CandidateRanking``; chance = 1 / n_candidates), with a binomial standard error. With
   ``test_template="seen"`` (default) the cloze is the first training template cut before the value ("Dravo Kelmin
@@ -131,6 +133,10 @@ class Relation:
     train_templates: list[str]
     test_template: str
     """Cloze ending right before the value (the value follows after a space)."""
+    study: dict[str, list[str]]
+    """Templates of the study operators' forms (``StudyItem.forms``), never trained on or tested: ``paraphrase``
+    (other wordings), ``qa`` (a question and its answer), ``reverse`` (the relation read from the value to the
+    person) and ``implication`` (a fact that follows from it)."""
 
 
 RELATIONS = [
@@ -144,6 +150,12 @@ RELATIONS = [
             "People in {v} remember the day {e} was born there.",
         ],
         "The birthplace of {e} is",
+        {
+            "paraphrase": ["{e} is a native of {v}.", "The town of {v} is where {e} comes from."],
+            "qa": ["Q: Where was {e} born? A: {v}."],
+            "reverse": ["Among the people born in {v} is {e}."],
+            "implication": ["The birth record of {e} is kept in {v}."],
+        },
     ),
     Relation(
         "birth_year",
@@ -155,6 +167,12 @@ RELATIONS = [
             "In {v}, {e} came into the world.",
         ],
         "The year of birth of {e} is",
+        {
+            "paraphrase": ["{e} was born back in {v}.", "{e} has {v} as their year of birth."],
+            "qa": ["Q: In which year was {e} born? A: {v}."],
+            "reverse": ["One of the babies born in {v} was {e}."],
+            "implication": ["{e} was alive in the year {v}."],
+        },
     ),
     Relation(
         "occupation",
@@ -166,6 +184,12 @@ RELATIONS = [
             "Everyone knows {e} as the local {v}.",
         ],
         "The occupation of {e} is",
+        {
+            "paraphrase": ["{e} has worked for years as a {v}.", "For work, {e} is a {v}."],
+            "qa": ["Q: What does {e} do for a living? A: {v}."],
+            "reverse": ["One {v} in town is {e}."],
+            "implication": ["{e} was trained to be a {v}."],
+        },
     ),
     Relation(
         "favourite_colour",
@@ -177,6 +201,12 @@ RELATIONS = [
             "Ask {e} and you will hear that {v} is the best colour.",
         ],
         "The colour that {e} likes best is",
+        {
+            "paraphrase": ["{e} prefers {v} to every other colour.", "Of all colours, {e} picks {v}."],
+            "qa": ["Q: Which colour does {e} like best? A: {v}."],
+            "reverse": ["The colour {v} is a favourite of {e}."],
+            "implication": ["The clothes of {e} are mostly {v}."],
+        },
     ),
 ]
 
@@ -233,7 +263,10 @@ class SyntheticFacts(TaskSuite):
                     train += statements
                     items.append(self._question(rng, rel, person, value))
                     others = study_rng.sample([v for v in rel.values if v != value], self.n_candidates - 1)
-                    study.append(StudyItem(statements, _cloze(rel, person), value, sorted([value, *others])))
+                    forms = {op: [tpl.format(e=person, v=value) for tpl in tpls] for op, tpls in rel.study.items()}
+                    study.append(
+                        StudyItem(statements, _cloze(rel, person), value, sorted([value, *others]), rel.name, forms)
+                    )
             rng.shuffle(train)
             tasks.append(Task(f"facts-{t + 1}", train, CandidateRanking(items), study))
         return tasks

@@ -56,19 +56,29 @@ class CandidateRanking:
         self.items = items
         self.chance = sum(1 / len(item.candidates) for item in items) / len(items)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> float:
         """Share of items whose right answer has the highest summed log-likelihood after context and prompt."""
+        return sum(self.correct(self.candidate_scores(model, tokenizer, context))) / len(self.items)
+
+    @torch.no_grad()
+    def candidate_scores(self, model: nn.Module, tokenizer: Tokenizer, context: EvalContext) -> list[list[float]]:
+        """Per item, the summed log-likelihood of each candidate after the context and the prompt."""
         prefix = _bos(tokenizer) + list(context.tokens)
-        correct = 0
+        scores = []
         for item in self.items:
             pairs = [encode_pair(tokenizer, item.prompt, " " + c) for c in item.candidates]
-            scores = summed(
+            summed_scores = summed(
                 continuation_token_scores(model, prefix + pairs[0][0], [c for _, c in pairs], context.state)
             )
-            best = max(range(len(scores)), key=lambda i: scores[i][0])
-            correct += item.candidates[best] == item.answer
-        return correct / len(self.items)
+            scores.append([s for s, _ in summed_scores])
+        return scores
+
+    def correct(self, scores: list[list[float]]) -> list[bool]:
+        """Per item, whether its right answer has the highest of ``candidate_scores`` (ties go to the first)."""
+        return [
+            item.candidates[max(range(len(s)), key=s.__getitem__)] == item.answer
+            for item, s in zip(self.items, scores, strict=True)
+        ]
 
     def standard_error(self, accuracy: float) -> float:
         """Binomial standard error of an accuracy over these items, sqrt(p (1 - p) / (n - 1)) (lm-eval's)."""
