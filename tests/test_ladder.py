@@ -10,7 +10,7 @@ import yaml
 
 from hope.config import ModelConfig
 from hope.continual.ladder import LadderSettings, build_stage
-from hope.continual.methods import Compose, FullFinetune, GapStudy, LayerwiseLRDecay, LoRA, Replay
+from hope.continual.methods import Compose, FullFinetune, GapStudy, LayerwiseLRDecay, LoRA, Replay, TaskLoop
 from hope.evaluation import metrics
 from hope.evaluation.retention import LocalDomains, SyntheticFacts, run_retention
 from hope.evaluation.retention.ladder_report import EpochCurve, aggregate, score_run, verdict, write_section
@@ -20,7 +20,7 @@ from hope.online import TTLConfig
 from hope.optim import OptimConfig
 from hope.tokenizer import Tokenizer
 
-SMALL = LadderSettings(epochs=2, batch_size=4, seq_len=32, general_ratio=0.0, llrd_decay=0.5)
+SMALL = LadderSettings(TaskLoop(epochs=2, batch_size=4, seq_len=32), general_ratio=0.0, llrd_decay=0.5)
 
 
 def tiny(family: str = "transformer", n_layer: int = 2) -> HopeLM:
@@ -47,13 +47,13 @@ def save(model: HopeLM, folder) -> str:
 # -- the stages -----------------------------------------------------------------------------------------------------
 def test_stages_build_the_intended_methods():
     a, b, c, d, e = (build_stage(s, SMALL) for s in "abcde")
-    assert type(a) is FullFinetune and a.loop.lr == SMALL.lr
+    assert type(a) is FullFinetune and a.loop.lr == SMALL.loop.lr
     assert type(b) is LoRA and b.loop.lr == SMALL.lora_lr
     classes = [[type(p) for p in m.parts] for m in (c, d, e)]
     assert classes == [[LoRA, Replay], [LoRA, Replay, LayerwiseLRDecay], [LoRA, Replay, LayerwiseLRDecay, GapStudy]]
     assert all(isinstance(m, Compose) and m.loop == b.loop for m in (c, d, e))  # one loop, the adapters' lr
     # the same loop but the lr: the same steps per task
-    assert {m.loop.epochs for m in (a, b, c, d, e)} == {SMALL.epochs} and a.loop.seq_len == e.loop.seq_len
+    assert {m.loop.epochs for m in (a, b, c, d, e)} == {SMALL.loop.epochs} and a.loop.seq_len == e.loop.seq_len
     # without study items (LocalDomains), (e) is (d)
     assert [type(p) for p in build_stage("e", SMALL, study=False).parts] == classes[1]
 
@@ -193,6 +193,24 @@ def domains(root) -> list[str]:
     return paths
 
 
+def test_ladder_on_one_suite_and_two_stages(tmp_path, capsys):
+    results = ladder(
+        save(tiny(), tmp_path / "tf"),
+        suite=["facts"],
+        facts=SyntheticFacts(n_tasks=2, people_per_task=1),
+        settings=SMALL,
+        stages=["a", "b"],
+        general_tokens=0,
+        out=str(tmp_path / "docs"),
+        reports=str(tmp_path / "reports"),
+    )
+    rows = results["suites"]["facts"]["rows"]
+    assert [r["stage"] for r in rows] == ["a", "b"] and rows[0]["general_before"] is None
+    assert "| (b) | LoRA |" in (tmp_path / "docs" / "README.md").read_text()
+    assert "the HOPE test-time-learning row is skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_ladder_end_to_end_writes_its_outputs(tmp_path, capsys):
     checkpoint, hope = save(tiny(), tmp_path / "tf"), save(tiny("hope"), tmp_path / "hope")
     out = tmp_path / "docs"
@@ -241,7 +259,7 @@ def test_bad_input_names_the_field(kwargs, field):
 
 
 def test_settings_check_their_fields():
-    with pytest.raises(ValueError, match="settings.epochs"):
-        LadderSettings(epochs=0)
+    with pytest.raises(ValueError, match="settings.loop.epochs"):
+        LadderSettings(TaskLoop(epochs=0))
     with pytest.raises(ValueError, match="settings.lora_lr"):
         LadderSettings(lora_lr=0.0)

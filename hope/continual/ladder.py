@@ -3,7 +3,7 @@
 =====  ==========================================  ================================================================
 stage  pieces                                      built as
 =====  ==========================================  ================================================================
-(a)    naive finetuning                            ``FullFinetune``, lr ``lr``
+(a)    naive finetuning                            ``FullFinetune``, lr ``loop.lr``
 (b)    LoRA                                        ``LoRA``, lr ``lora_lr``
 (c)    LoRA + replay                               ``Compose([LoRA, Replay])``, lr ``lora_lr``
 (d)    LoRA + replay + layer-wise lr decay         ``Compose([LoRA, Replay, LayerwiseLRDecay])``: the decay scales
@@ -14,7 +14,7 @@ stage  pieces                                      built as
 
 Every stage trains the same epochs, batch and sequence length from the same seed, so each takes the same number of
 optimizer steps per task; replay appends its rows to the same batches, gap-focused study fills an epoch with as many
-blocks as a uniform one. Only the lr differs, between full finetuning (``lr``) and the adapters (``lora_lr``),
+blocks as a uniform one. Only the lr differs, between full finetuning (``loop.lr``) and the adapters (``lora_lr``),
 as ``hope.evaluation.retention.compare`` tunes them. ``GapStudy`` quizzes itself on a task's study items, which
 only a suite that writes them has (``SyntheticFacts``); on a suite without them (``LocalDomains``) stage (e) is
 stage (d): there is nothing for the study pieces to select from.
@@ -22,7 +22,8 @@ stage (d): there is nothing for the study pieces to select from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 from hope.continual.finetune import FinetuneMethod, TaskLoop
 from hope.continual.methods import Compose, FullFinetune, GapStudy, LayerwiseLRDecay, LoRA, Replay
@@ -41,14 +42,9 @@ PIECES = {
 class LadderSettings:
     """The loop every stage shares and each piece's settings."""
 
-    epochs: int = 4
-    """Passes over each task's training text (every stage)."""
-    batch_size: int = 8
-    """Task sequences per step (replay appends its own rows to these)."""
-    seq_len: int = 128
-    """Tokens per sequence."""
-    lr: float = 1e-3
-    """AdamW lr of naive finetuning, stage (a) (compare.py's tuned value for the debug models)."""
+    loop: TaskLoop = field(default_factory=lambda: TaskLoop(epochs=4))
+    """The loop every stage shares (epochs, batch, seq_len, ...); its ``lr`` is naive finetuning's, stage (a)
+    (compare.py's tuned value for the debug models), and its ``seed`` is replaced by each run's."""
     lora_lr: float = 3e-3
     """AdamW lr of the adapters, stages (b)-(e) (compare.py's tuned value)."""
     lora_rank: int = 8
@@ -65,16 +61,19 @@ class LadderSettings:
     """Layer-wise lr decay between a block and the one above it (the adapters of block l train at lr·decay^(L-l))."""
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "seq_len", "lora_rank", "general_blocks"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"settings.{key}={getattr(self, key)} must be >= 1")
-        for key in ("lr", "lora_lr"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"settings.{key}={getattr(self, key)} must be > 0")
+        loop = self.loop
+        counts = {"loop.epochs": loop.epochs, "loop.batch_size": loop.batch_size, "loop.seq_len": loop.seq_len}
+        counts |= {"lora_rank": self.lora_rank, "general_blocks": self.general_blocks}
+        for key, value in counts.items():
+            if value < 1:
+                raise ValueError(f"settings.{key}={value} must be >= 1")
+        for key, value in {"loop.lr": loop.lr, "lora_lr": self.lora_lr}.items():
+            if value <= 0:
+                raise ValueError(f"settings.{key}={value} must be > 0")
 
-    def loop(self, lr: float, seed: int) -> TaskLoop:
+    def stage_loop(self, lr: float, seed: int) -> TaskLoop:
         """The shared loop at ``lr``, texts ordered by ``seed``."""
-        return TaskLoop(lr=lr, epochs=self.epochs, batch_size=self.batch_size, seq_len=self.seq_len, seed=seed)
+        return dataclasses.replace(self.loop, lr=lr, seed=seed)
 
 
 def study_piece(study_policy: str | None) -> GapStudy:
@@ -97,8 +96,8 @@ def build_stage(
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r} is not a ladder stage; choose from {list(STAGES)}")
     if stage == "a":
-        return FullFinetune(loop=settings.loop(settings.lr, seed))
-    loop = settings.loop(settings.lora_lr, seed)
+        return FullFinetune(loop=settings.stage_loop(settings.loop.lr, seed))
+    loop = settings.stage_loop(settings.lora_lr, seed)
     if stage == "b":
         return LoRA(rank=settings.lora_rank, alpha=settings.lora_alpha, loop=loop)
     parts: list[FinetuneMethod] = [

@@ -17,14 +17,17 @@ after each task) as one more row. Writes, under ``--out``: ``ladder.json`` (ever
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from jsonargparse import CLI
+from torch import nn
 
 from hope.continual.ladder import PIECES, STAGES, LadderSettings, build_stage, study_piece
 from hope.continual.methods import TestTimeLearning
@@ -41,7 +44,9 @@ from hope.evaluation.retention.ladder_report import (
     suite_table,
     write_section,
 )
+from hope.evaluation.retention.tasks import HeldOutPerplexity
 from hope.online import TTLConfig
+from hope.tokenizer import Tokenizer
 
 SUITES = ("facts", "domains")
 TTL = TTLConfig(inner_lr=0.03, max_step=0.03, consolidate=True, max_change=0.05)  # docs/continual-learning
@@ -122,30 +127,17 @@ def ladder(
         "command": "python -m hope.finetune.ladder " + shlex.join(sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPU cores; torch {torch.__version__}; "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
-        "settings": vars(settings),
+        "settings": dataclasses.asdict(settings),
         "seeds": seeds,
         "study_policy": study_policy,
         "suites": {},
     }
+    run = LadderRun(
+        start, tokenizer, hope, settings, stages, seeds, study_policy, ttl or TTL, general, checkpoint, hope_checkpoint
+    )
     for name in suite:
         chosen = (facts or SyntheticFacts(n_tasks=3, people_per_task=16)) if name == "facts" else domains
-        results["suites"][name] = run_suite(
-            name,
-            chosen,
-            start,
-            tokenizer,
-            hope,
-            settings,
-            stages,
-            seeds,
-            study_policy,
-            ttl or TTL,
-            general,
-            target_fraction,
-            Path(reports) / name,
-            checkpoint,
-            hope_checkpoint,
-        )
+        results["suites"][name] = run_suite(name, chosen, run, target_fraction, Path(reports) / name)
     write_results(results, Path(out))
     return results
 
@@ -155,68 +147,76 @@ def seeded(suite, seed: int):
     return SyntheticFacts(**{**suite.config(), "seed": seed}) if isinstance(suite, SyntheticFacts) else suite
 
 
-def run_suite(
-    name,
-    suite,
-    start,
-    tokenizer,
-    hope,
-    settings,
-    stages,
-    seeds,
-    study_policy,
-    ttl,
-    general,
-    fraction,
-    reports,
-    checkpoint,
-    hope_checkpoint,
-) -> dict:
+@dataclass
+class LadderRun:
+    """What every suite's stages share: the starting models (``hope``: the HOPE model and tokenizer, or None),
+    the settings and the general held-out set."""
+
+    start: nn.Module
+    tokenizer: Tokenizer
+    hope: tuple[nn.Module, Tokenizer] | None
+    settings: LadderSettings
+    stages: list[str]
+    seeds: list[int]
+    study_policy: str | None
+    ttl: TTLConfig
+    general: HeldOutPerplexity | None
+    checkpoint: str
+    hope_checkpoint: str | None
+
+
+def run_suite(name: str, suite, run: LadderRun, fraction: float, reports: Path) -> dict:
     """Every stage (and the TTL row) on one suite, every seed; the suite's rows and runs."""
     runs: dict[str, list[dict]] = {}
     reference: dict[int, list[float]] = {}
-    meta = None
     study = bool(suite.tasks()[0].study)
-    for stage in stages:
+    for stage in run.stages:
         if stage == "e" and not study and "d" in runs:
             print(f"[ladder] {name} (e): the suite has no study items, so (e) is (d); its runs are (d)'s", flush=True)
             runs["e"] = runs["d"]
             continue
-        for seed in seeds:
-            tasks = seeded(suite, seed)
-            method = build_stage(stage, settings, seed, study, study_policy)
-            curve = EpochCurve(method, tokenizer)
+        for seed in run.seeds:
+            method = build_stage(stage, run.settings, seed, study, run.study_policy)
+            curve = EpochCurve(method, run.tokenizer)
             method.probe_epochs(curve)
             print(f"[ladder] {name} ({stage}) {method.name}, seed {seed}", flush=True)
-            out = reports / stage / f"seed{seed}"
-            report, _ = run_method(method.name, start, tokenizer, tasks, method, general, seed, out, checkpoint)
+            report, _ = run_method(
+                method.name, run.start, run.tokenizer, seeded(suite, seed), method, run.general, seed,
+                reports / stage / f"seed{seed}", run.checkpoint,
+            )  # fmt: skip
             reference.setdefault(seed, [report["matrix"][j][j] for j in range(len(report["matrix"]))])
             runs.setdefault(stage, []).append(score_run(report, curve.curves, reference[seed], fraction))
-            meta = meta or report
-    pieces = {s: PIECES[s] + ("" if s != "e" or study else " (no study items: = (d))") for s in stages}
-    rows = [aggregate(s, pieces[s], runs[s]) for s in stages]
-    if hope is not None:
-        hope_runs = []
-        for seed in seeds:
-            print(f"[ladder] {name} (ttl) HOPE test-time learning, seed {seed}", flush=True)
-            out = reports / "ttl" / f"seed{seed}"
-            method = TestTimeLearning(ttl)
-            report, _ = run_method("ttl", *hope, seeded(suite, seed), method, general, seed, out, hope_checkpoint)
-            hope_runs.append(score_run(report, None, None, fraction))
-        before = ", ".join(f"{v:.3g}" for v in report["initial"])
-        rows.append(aggregate("ttl", f"HOPE test-time learning (HOPE checkpoint; before: {before})", hope_runs))
-        runs["ttl"] = hope_runs
+    pieces = {s: PIECES[s] + ("" if s != "e" or study else " (no study items: = (d))") for s in run.stages}
+    rows = [aggregate(s, pieces[s], runs[s]) for s in run.stages]
+    if run.hope is not None:
+        runs["ttl"], row = ttl_row(name, suite, run, fraction, reports / "ttl")
+        rows.append(row)
     return {
-        "name": f"{name}: {meta['suite']} {meta['suite_config']}",
-        "metric": meta["metric"],
-        "higher_is_better": meta["higher_is_better"],
-        "chance": meta["chance"],
-        "task_names": meta["task_names"],
-        "initial": meta["initial"],
+        "name": f"{name}: {report['suite']} {report['suite_config']}",
+        "metric": report["metric"],
+        "higher_is_better": report["higher_is_better"],
+        "chance": report["chance"],
+        "task_names": report["task_names"],
+        "initial": report["initial"],
         "target_fraction": fraction,
         "rows": rows,
         "runs": runs,
     }
+
+
+def ttl_row(name: str, suite, run: LadderRun, fraction: float, reports: Path) -> tuple[list[dict], dict]:
+    """HOPE's test-time learning on ``suite``, every seed: the runs and their row (no epochs, no steps to target)."""
+    runs = []
+    for seed in run.seeds:
+        print(f"[ladder] {name} (ttl) HOPE test-time learning, seed {seed}", flush=True)
+        method = TestTimeLearning(run.ttl)
+        report, _ = run_method(
+            "ttl", *run.hope, seeded(suite, seed), method, run.general, seed, reports / f"seed{seed}",
+            run.hope_checkpoint,
+        )  # fmt: skip
+        runs.append(score_run(report, None, None, fraction))
+    before = ", ".join(f"{v:.3g}" for v in report["initial"])
+    return runs, aggregate("ttl", f"HOPE test-time learning (HOPE checkpoint; before: {before})", runs)
 
 
 def write_results(results: dict, out: Path) -> None:

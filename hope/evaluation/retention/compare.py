@@ -121,8 +121,9 @@ def run_method(
 
 
 def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
-    """One comparison row: the report's summary, general perplexity before and after, trainable params, seconds."""
-    g, s = report["general"], report["summary"]
+    """One comparison row: the report's summary, general perplexity before and after (None if not measured),
+    trainable params, seconds."""
+    g, s = report.get("general", {}), report["summary"]
     return {
         "method": name,
         "learning_accuracy": s["learning_accuracy"],
@@ -130,9 +131,9 @@ def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
         "forgetting": s["forgetting"],
         "backward_transfer": s["backward_transfer"],
         "chance": report["chance"],
-        "general_before": g["before"],
-        "general_after": g["after"],
-        "general_increase": g["relative_drop"],
+        "general_before": g.get("before"),
+        "general_after": g.get("after"),
+        "general_increase": g.get("relative_drop"),
         "trainable_params": trained,
         "seconds": round(seconds, 1),
     }
