@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from hope.config import ModelConfig
-from hope.continual.ladder import LadderSettings, build_stage
+from hope.continual.ladder import LadderSettings, build_stage, describe
 from hope.continual.methods import Compose, FullFinetune, GapStudy, LayerwiseLRDecay, LoRA, Replay, TaskLoop
 from hope.evaluation import metrics
 from hope.evaluation.retention import LocalDomains, SyntheticFacts, run_retention
@@ -54,8 +54,10 @@ def test_stages_build_the_intended_methods():
     assert all(isinstance(m, Compose) and m.loop == b.loop for m in (c, d, e))  # one loop, the adapters' lr
     # the same loop but the lr: the same steps per task
     assert {m.loop.epochs for m in (a, b, c, d, e)} == {SMALL.loop.epochs} and a.loop.seq_len == e.loop.seq_len
-    # without study items (LocalDomains), (e) is (d)
+    # without study items (LocalDomains), (e) is (d); the labels say so, and when no learned strategy is given
     assert [type(p) for p in build_stage("e", SMALL, study=False).parts] == classes[1]
+    assert "= (d)" in describe("e", study=False) and "no learned study strategy" in describe("e")
+    assert describe("e", study_policy="p.json").endswith("learned study strategy") and describe("b") == "LoRA"
 
 
 def test_llrd_scales_the_lora_adapters_by_depth():
@@ -139,6 +141,7 @@ def test_score_run_on_a_hand_made_accuracy_matrix():
     assert run["forgetting"] == pytest.approx(0.3) and run["backward_transfer"] == pytest.approx(-0.3)
     # targets 0.1 + 0.8 * (0.5 - 0.1) = 0.42 and 0.1 + 0.8 * 0.8 = 0.74
     assert run["steps_to_target"] == [10, 10] and run["learned"] == [0.6, 0.8] and run["final"] == [0.3, 0.8]
+    assert run["initial"] == [0.1, 0.1]
     assert score_run(report(R, [0.1, 0.1]), None, None, 0.8)["steps_to_target"] == [None, None]
 
 
@@ -161,7 +164,7 @@ def test_aggregate_and_verdict():
     row = aggregate("a", "naive", runs)
     assert row["composite"] == pytest.approx(0.6) and row["composite_seed_se"] == pytest.approx(0.05)
     assert row["composite_binomial_se"] == pytest.approx(0.025) and row["composite_se"] == pytest.approx(0.05)
-    assert row["targets_reached"] == 0 and row["targets"] == 4
+    assert row["targets_reached"] == 0 and row["targets"] == 4 and row["initial"] == [0.1, 0.1]
     rows = [
         {"stage": "a", "composite": 0.2, "composite_se": 0.01},
         {"stage": "b", "composite": 0.3, "composite_se": 0.01},
@@ -206,6 +209,7 @@ def test_ladder_on_one_suite_and_two_stages(tmp_path, capsys):
     )
     rows = results["suites"]["facts"]["rows"]
     assert [r["stage"] for r in rows] == ["a", "b"] and rows[0]["general_before"] is None
+    assert "'seed': \"each run's\"" in results["suites"]["facts"]["name"]
     assert "| (b) | LoRA |" in (tmp_path / "docs" / "README.md").read_text()
     assert "the HOPE test-time-learning row is skipped" in capsys.readouterr().out
 

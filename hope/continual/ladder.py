@@ -89,6 +89,15 @@ def study_piece(study_policy: str | None) -> GapStudy:
     return GapStudy()
 
 
+def describe(stage: str, study: bool = True, study_policy: str | None = None) -> str:
+    """The pieces of ``stage`` as run: (e) says when it had no study items or no learned study strategy."""
+    if stage != "e":
+        return PIECES[stage]
+    if not study:
+        return PIECES["e"] + " (no study items: = (d))"
+    return PIECES["e"] if study_policy else "LoRA + replay + LLRD + GapStudy (no learned study strategy yet)"
+
+
 def build_stage(
     stage: str, settings: LadderSettings, seed: int = 0, study: bool = True, study_policy: str | None = None
 ) -> FinetuneMethod:

@@ -29,7 +29,7 @@ import torch
 from jsonargparse import CLI
 from torch import nn
 
-from hope.continual.ladder import PIECES, STAGES, LadderSettings, build_stage, study_piece
+from hope.continual.ladder import STAGES, LadderSettings, build_stage, describe, study_piece
 from hope.continual.methods import TestTimeLearning
 from hope.evaluation.loading import load_for_eval
 from hope.evaluation.plots import save_figure
@@ -165,6 +165,11 @@ class LadderRun:
     hope_checkpoint: str | None
 
 
+def suite_config(suite) -> dict:
+    """The suite's options as the table states them: the facts' seed is each run's."""
+    return {**suite.config(), "seed": "each run's"} if isinstance(suite, SyntheticFacts) else suite.config()
+
+
 def run_suite(name: str, suite, run: LadderRun, fraction: float, reports: Path) -> dict:
     """Every stage (and the TTL row) on one suite, every seed; the suite's rows and runs."""
     runs: dict[str, list[dict]] = {}
@@ -186,18 +191,18 @@ def run_suite(name: str, suite, run: LadderRun, fraction: float, reports: Path) 
             )  # fmt: skip
             reference.setdefault(seed, [report["matrix"][j][j] for j in range(len(report["matrix"]))])
             runs.setdefault(stage, []).append(score_run(report, curve.curves, reference[seed], fraction))
-    pieces = {s: PIECES[s] + ("" if s != "e" or study else " (no study items: = (d))") for s in run.stages}
-    rows = [aggregate(s, pieces[s], runs[s]) for s in run.stages]
+    rows = [aggregate(s, describe(s, study, run.study_policy), runs[s]) for s in run.stages]
     if run.hope is not None:
         runs["ttl"], row = ttl_row(name, suite, run, fraction, reports / "ttl")
         rows.append(row)
     return {
-        "name": f"{name}: {report['suite']} {report['suite_config']}",
+        "name": f"{name}: {type(suite).__name__} {suite_config(suite)}",
+        "title": f"{name} ({type(suite).__name__})",
         "metric": report["metric"],
         "higher_is_better": report["higher_is_better"],
         "chance": report["chance"],
         "task_names": report["task_names"],
-        "initial": report["initial"],
+        "initial": rows[0]["initial"],
         "target_fraction": fraction,
         "rows": rows,
         "runs": runs,

@@ -62,6 +62,7 @@ def score_run(report: dict, curves: dict | None, reference: list[float] | None, 
         steps.append(None if curves is None else metrics.steps_to_target(curve, target, higher))
     errors = report.get("standard_errors")
     return {
+        "initial": list(before),
         "learned": np.diag(R).tolist(),
         "final": R[-1].tolist(),
         "composite": float(S[-1].mean()) if higher else math.exp(S[-1].mean()),
@@ -87,7 +88,7 @@ def aggregate(stage: str, pieces: str, runs: list[dict]) -> dict:
     row: dict = {"stage": stage, "pieces": pieces, "seeds": len(runs)}
     for key in ("composite", "forgetting", "backward_transfer", "seconds"):
         row[key], row[f"{key}_seed_se"] = _mean_se([r[key] for r in runs])
-    for key in ("learned", "final"):
+    for key in ("initial", "learned", "final"):
         row[key] = np.mean([r[key] for r in runs], axis=0).tolist()
     binomial = [r["composite_binomial_se"] for r in runs]
     row["composite_binomial_se"] = None if None in binomial else math.sqrt(sum(e * e for e in binomial)) / len(runs)
@@ -130,10 +131,10 @@ def _pm(value: float, se: float | None, digits: int = 3) -> str:
 def suite_table(suite: dict) -> str:
     """Markdown: one row per stage (module docstring), then the verdict on the chain (a) < ... < (e)."""
     ppl, digits = not suite["higher_is_better"], 1 if not suite["higher_is_better"] else 3
-    unit = "nats/token" if ppl else "accuracy"
+    unit, before = "nats/token" if ppl else "accuracy", ", ".join(f"{v:.{digits}f}" for v in suite["initial"])
     lines = [
         f"**{suite['name']}** ({suite['metric']}, {'lower' if ppl else 'higher'} is better; tasks "
-        f"{', '.join(suite['task_names'])}; before learning: {', '.join(f'{v:.{digits}f}' for v in suite['initial'])}"
+        f"{', '.join(suite['task_names'])}; before learning (mean over seeds): {before}"
         + ("" if suite.get("chance") is None else f"; chance {suite['chance']:.3f}")
         + f"; target: {suite['target_fraction']:.0%} of (a)'s gain)\n",
         f"| stage | pieces | per task: just learned → final | composite ± s.e. | forgetting ({unit}) | "
@@ -164,7 +165,7 @@ def draw_ladder(fig, results: dict) -> None:
         ppl = not suite["higher_is_better"]
         points = [
             {
-                "label": f"({r['stage']})",
+                "label": f"({r['stage']})" + (", HOPE" if r["stage"] == "ttl" else ""),
                 "forgetting": r["forgetting"],
                 "learned": math.exp(np.mean(np.log(r["learned"]))) if ppl else float(np.mean(r["learned"])),
                 "errors": (r["forgetting_seed_se"], None),
@@ -176,7 +177,7 @@ def draw_ladder(fig, results: dict) -> None:
             ax.invert_yaxis()  # up is better in both panels
         ax.set_xlabel(f"forgetting ({'nats/token' if ppl else 'accuracy'}; left is better)")
         ax.set_ylabel(f"just learned: {'geo. mean perplexity' if ppl else 'mean accuracy'} (up is better)")
-        ax.set_title(suite["name"], fontsize=9)
+        ax.set_title(suite["title"], fontsize=9)
         ax.grid(True, alpha=0.3)
     fig.suptitle("The ladder: learning vs forgetting (± s.e. over seeds)", fontsize=10)
 
