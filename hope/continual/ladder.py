@@ -79,8 +79,10 @@ class LadderSettings:
 def study_piece(study_policy: str | None) -> GapStudy:
     """Stage (e)'s study pieces: gap-focused self-study, with the learned study strategy plugged in here.
 
-    The learned strategy (branch ``study-policy``, ``docs/five-pieces/study_policy.json``) is not on this branch
-    yet: ``study_policy`` must be None, and (e) is (d) + ``GapStudy()`` without learned notes."""
+    The learned strategy (piece 5, branch ``study-policy``: ``GapStudy(notes=<StudyPolicy or the path of its
+    JSON>)``, the policy in ``docs/five-pieces/study_policy/policy.json``) is not on this branch yet, so
+    ``study_policy`` must be None and (e) is (d) + ``GapStudy()`` without notes. Once it is: return
+    ``GapStudy(notes=study_policy)`` when a path is given."""
     if study_policy is not None:
         raise ValueError(
             f"--study_policy {study_policy!r}: the learned study strategy (piece 5) is not on this branch yet; "
