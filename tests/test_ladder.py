@@ -4,6 +4,7 @@ hand-made matrices, the command end to end on tiny models, and its errors on bad
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,7 +14,14 @@ from hope.continual.ladder import LadderSettings, build_stage, describe
 from hope.continual.methods import Compose, FullFinetune, GapStudy, LayerwiseLRDecay, LoRA, Replay, TaskLoop
 from hope.evaluation import metrics
 from hope.evaluation.retention import LocalDomains, SyntheticFacts, run_retention
-from hope.evaluation.retention.ladder_report import EpochCurve, aggregate, score_run, verdict, write_section
+from hope.evaluation.retention.ladder_report import (
+    EpochCurve,
+    aggregate,
+    composite_error,
+    score_run,
+    verdict,
+    write_section,
+)
 from hope.finetune.ladder import ladder
 from hope.model import HopeLM
 from hope.online import TTLConfig
@@ -137,7 +145,7 @@ def test_score_run_on_a_hand_made_accuracy_matrix():
     R = [[0.6, 0.1], [0.3, 0.8]]
     curves = {"t1": [(5, 0.4), (10, 0.6)], "t2": [(5, 0.7), (10, 0.8)]}
     run = score_run(report(R, [0.1, 0.1], errors=0.02), curves, reference=[0.5, 0.9], fraction=0.8)
-    assert run["composite"] == pytest.approx(0.55) and run["composite_binomial_se"] == 0.02
+    assert run["composite"] == pytest.approx(0.55) and run["composite_test_se"] == 0.02
     assert run["forgetting"] == pytest.approx(0.3) and run["backward_transfer"] == pytest.approx(-0.3)
     # targets 0.1 + 0.8 * (0.5 - 0.1) = 0.42 and 0.1 + 0.8 * 0.8 = 0.74
     assert run["steps_to_target"] == [10, 10] and run["learned"] == [0.6, 0.8] and run["final"] == [0.3, 0.8]
@@ -153,7 +161,12 @@ def test_score_run_on_perplexity_uses_logs():
     # t1: target sqrt(200 * 50) = 100, its curve only the score before learning (200): not reached;
     # t2: target sqrt(200 * 20) = 63.2, first reached at step 4 (30)
     assert run["steps_to_target"] == [None, 4]
-    assert run["composite_binomial_se"] is None
+    assert run["composite_test_se"] is None  # no standard errors in the report
+    errors = {"matrix_with_initial": [[1.0, 1.0], [1.0, 1.0], [5.0, 2.0]], "average_accuracy": 99.0}
+    # G = 50; relative errors 5/100 and 2/25: 50 * sqrt(0.05^2 + 0.08^2) / 2
+    assert composite_error(errors, np.array([100.0, 25.0]), False) == pytest.approx(25 * math.hypot(0.05, 0.08))
+    errors["matrix_with_initial"][-1][0] = None
+    assert composite_error(errors, np.array([100.0, 25.0]), False) is None
 
 
 def test_aggregate_and_verdict():
@@ -163,7 +176,7 @@ def test_aggregate_and_verdict():
     ]
     row = aggregate("a", "naive", runs)
     assert row["composite"] == pytest.approx(0.6) and row["composite_seed_se"] == pytest.approx(0.05)
-    assert row["composite_binomial_se"] == pytest.approx(0.025) and row["composite_se"] == pytest.approx(0.05)
+    assert row["composite_test_se"] == pytest.approx(0.025) and row["composite_se"] == pytest.approx(0.05)
     assert row["targets_reached"] == 0 and row["targets"] == 4 and row["initial"] == [0.1, 0.1]
     rows = [
         {"stage": "a", "composite": 0.2, "composite_se": 0.01},

@@ -12,9 +12,11 @@ Per run (a stage on a suite under one seed), from the harness's report and the l
   curve is probed after every epoch, so a count is a multiple of an epoch's steps; a task that never reaches
   the target counts as not reached.
 
-Over seeds, a row holds the means, the standard error over seeds (n >= 2) and, for accuracy, the binomial
-standard error of the mean composite. A stage beats the one below it when the composite difference exceeds twice
-its standard error, the larger of the two kinds, the stages taken as independent.
+Over seeds, a row holds the means, the standard error over seeds (n >= 2) and the test sets' own standard error
+of the mean composite where the harness reports one (``standard_errors``: binomial for accuracy; for perplexity,
+per-entry errors taken to the geometric mean by the delta method). A stage beats the one below it when the
+composite difference exceeds twice its standard error, the larger of the two kinds, the stages taken as
+independent.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def score_run(report: dict, curves: dict | None, reference: list[float] | None, 
         "learned": np.diag(R).tolist(),
         "final": R[-1].tolist(),
         "composite": float(S[-1].mean()) if higher else math.exp(S[-1].mean()),
-        "composite_binomial_se": None if errors is None else errors["average_accuracy"],
+        "composite_test_se": composite_error(errors, R[-1], higher),
         "forgetting": metrics.forgetting(S, higher),
         "backward_transfer": metrics.backward_transfer(S, higher),
         "steps_to_target": steps,
@@ -75,6 +77,21 @@ def score_run(report: dict, curves: dict | None, reference: list[float] | None, 
         "general_after": report.get("general", {}).get("after"),
         "seconds": report["seconds"],
     }
+
+
+def composite_error(errors: dict | None, final: np.ndarray, higher_is_better: bool) -> float | None:
+    """Standard error of the composite from the harness's ``standard_errors`` (None without them): the mean
+    accuracy's as reported; for the geometric-mean perplexity G, G * sqrt(sum_j (se_j / ppl_j)^2) / T (tasks
+    independent; None if an entry has none)."""
+    if errors is None:
+        return None
+    if higher_is_better:
+        return errors["average_accuracy"]
+    entries = errors["matrix_with_initial"][-1]
+    if None in entries:
+        return None
+    G = math.exp(np.log(final).mean())
+    return G * math.sqrt(sum((e / p) ** 2 for e, p in zip(entries, final, strict=True))) / len(final)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float | None]:
@@ -90,9 +107,9 @@ def aggregate(stage: str, pieces: str, runs: list[dict]) -> dict:
         row[key], row[f"{key}_seed_se"] = _mean_se([r[key] for r in runs])
     for key in ("initial", "learned", "final"):
         row[key] = np.mean([r[key] for r in runs], axis=0).tolist()
-    binomial = [r["composite_binomial_se"] for r in runs]
-    row["composite_binomial_se"] = None if None in binomial else math.sqrt(sum(e * e for e in binomial)) / len(runs)
-    kinds = [e for e in (row["composite_seed_se"], row["composite_binomial_se"]) if e is not None]
+    tested = [r["composite_test_se"] for r in runs]
+    row["composite_test_se"] = None if None in tested else math.sqrt(sum(e * e for e in tested)) / len(runs)
+    kinds = [e for e in (row["composite_seed_se"], row["composite_test_se"]) if e is not None]
     row["composite_se"] = max(kinds) if kinds else None
     reached = [[r["steps_to_target"][j] for r in runs] for j in range(len(row["final"]))]
     row["steps_to_target"] = [None if None in s else float(np.mean(s)) for s in reached]
