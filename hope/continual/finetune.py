@@ -23,6 +23,7 @@ hooks in a small loop of its own (settings in ``TaskLoop``). The hooks, in the o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,7 @@ class FinetuneMethod(ContinualMethod):
     """
 
     name = "full"
+    _epoch_probe: Callable[[nn.Module, Task, int], None] | None = None
 
     def __init__(self, loop: TaskLoop | None = None) -> None:
         self.loop = loop if loop is not None else TaskLoop()
@@ -169,6 +171,11 @@ class FinetuneMethod(ContinualMethod):
         self._tasks_learned = state.get("tasks_learned", 0)
 
     # -- the retention harness (ContinualMethod) ---------------------------------------------------------------
+    def probe_epochs(self, probe: Callable[[nn.Module, Task, int], None] | None) -> None:
+        """Call ``probe(model, task, steps so far)`` after every epoch of ``learn``, the model in eval mode (None:
+        no probe). A probe only reads the model (the ladder's learning curves, ``hope.finetune.ladder``)."""
+        self._epoch_probe = probe
+
     def setup(self, model: nn.Module, tokenizer: Tokenizer) -> None:
         """Harness setup: ``prepare`` the model, freeze what ``trains`` rejects, then build the data-dependent state."""
         self.prepare(model)
@@ -201,6 +208,10 @@ class FinetuneMethod(ContinualMethod):
                 losses.append(lm_loss.item())
                 stats = self.step_stats()
                 step += 1
+            if self._epoch_probe is not None:
+                model.eval()
+                self._epoch_probe(model, task, step)
+                model.train()
         model.eval()
         self.end_task(model, *text_blocks(task.train, tokenizer, seq_len))
         self._tasks_learned += 1

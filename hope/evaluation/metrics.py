@@ -37,6 +37,11 @@ model; we start from a pretrained checkpoint, so its starting score is the refer
 Scores whose lower values are better (perplexity) are negated before these formulas (``higher_is_better=False``),
 so in every case a negative BWT and a positive forgetting mean the model got worse, in the metric's own units.
 
+Learning efficiency (the ladder, ``hope.finetune.ladder``): a task's ``target_score`` is the score ``fraction`` of the
+way from its score before learning to a reference score (e.g. naive finetuning's right after learning it), in log
+units for perplexity; ``steps_to_target`` is the number of training steps at the first point of the task's learning
+curve, ``(steps, score)`` pairs, that reaches the target (None if none does).
+
 General-ability drop (SMF's "NQ F1 drop"; Lin et al. 2025): ``relative_drop = (before - after) / before`` for a
 higher-is-better metric; for a lower-is-better one (perplexity) the analogous relative *increase*
 ``(after - before) / before``. Positive means worse in both cases; 0.89 is SMF's "drops 89%".
@@ -177,6 +182,28 @@ def forgetting(R, higher_is_better: bool = True) -> float:
     if T < 2:
         return 0.0
     return float(np.mean([S[j : T - 1, j].max() - S[-1, j] for j in range(T - 1)]))
+
+
+def target_score(
+    before: float, reference: float, fraction: float, higher_is_better: bool = True, log_scale: bool = False
+) -> float | None:
+    """The score ``fraction`` of the way from ``before`` to ``reference`` (geometrically if ``log_scale``); None if
+    ``reference`` is no better than ``before`` (there is no gain to reach a share of)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction} must be in (0, 1]")
+    if (reference <= before) if higher_is_better else (reference >= before):
+        return None
+    if log_scale:
+        return math.exp(math.log(before) + fraction * (math.log(reference) - math.log(before)))
+    return before + fraction * (reference - before)
+
+
+def steps_to_target(curve: Sequence[tuple[int, float]], target: float | None, higher_is_better: bool = True):
+    """Steps of the first ``(steps, score)`` point of ``curve`` whose score reaches ``target``; None if none does
+    (or there is no target)."""
+    if target is None:
+        return None
+    return next((s for s, v in curve if (v >= target if higher_is_better else v <= target)), None)
 
 
 def relative_drop(before: float, after: float, higher_is_better: bool = True) -> float:

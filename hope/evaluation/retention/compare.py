@@ -93,17 +93,10 @@ def compare(
     suite = suite if suite is not None else SyntheticFacts()
     general = general_perplexity_set(general_tokens)
     chosen = default_methods(epochs)
-    rows = []
-    for name in methods or list(chosen):
-        torch.manual_seed(seed)
-        model, began = copy.deepcopy(start), time.perf_counter()
-        report = run_retention(model, tokenizer, suite, chosen[name], general, progress=False)
-        report["checkpoint"] = str(checkpoint)
-        write_outputs(report, Path(reports) / name)
-        print(format_summary(report), flush=True)
-        trains = isinstance(chosen[name], FinetuneMethod)  # InContext updates no weight
-        trained = sum(p.numel() for p in model.parameters() if p.requires_grad) if trains else 0
-        rows.append(summarize(name, report, trained, time.perf_counter() - began))
+    rows = [
+        run_method(name, start, tokenizer, suite, chosen[name], general, seed, Path(reports) / name, checkpoint)[1]
+        for name in methods or list(chosen)
+    ]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(rows, indent=2) + "\n")
     Path(f"{out}.md").write_text(table(rows, checkpoint, suite) + "\n")
@@ -111,9 +104,26 @@ def compare(
     return rows
 
 
+def run_method(
+    name: str, start, tokenizer, suite, method, general, seed: int, reports: Path, checkpoint: str
+) -> tuple[dict, dict]:
+    """``(report, comparison row)`` of ``method`` run from a copy of ``start`` under torch seed ``seed``; the
+    harness's report, plots and summary written to ``reports`` and printed."""
+    torch.manual_seed(seed)
+    model, began = copy.deepcopy(start), time.perf_counter()
+    report = run_retention(model, tokenizer, suite, method, general, progress=False)
+    report["checkpoint"] = str(checkpoint)
+    write_outputs(report, reports)
+    print(format_summary(report), flush=True)
+    trains = isinstance(method, FinetuneMethod)  # InContext updates no weight
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad) if trains else 0
+    return report, summarize(name, report, trained, time.perf_counter() - began)
+
+
 def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
-    """One comparison row: the report's summary, general perplexity before and after, trainable params, seconds."""
-    g, s = report["general"], report["summary"]
+    """One comparison row: the report's summary, general perplexity before and after (None if not measured),
+    trainable params, seconds."""
+    g, s = report.get("general", {}), report["summary"]
     return {
         "method": name,
         "learning_accuracy": s["learning_accuracy"],
@@ -121,9 +131,9 @@ def summarize(name: str, report: dict, trained: int, seconds: float) -> dict:
         "forgetting": s["forgetting"],
         "backward_transfer": s["backward_transfer"],
         "chance": report["chance"],
-        "general_before": g["before"],
-        "general_after": g["after"],
-        "general_increase": g["relative_drop"],
+        "general_before": g.get("before"),
+        "general_after": g.get("after"),
+        "general_increase": g.get("relative_drop"),
         "trainable_params": trained,
         "seconds": round(seconds, 1),
     }
@@ -158,15 +168,7 @@ def draw_comparison(fig, rows: list[dict]) -> None:
         (axes[0], "general_increase", "general forgetting: relative perplexity increase"),
         (axes[1], "forgetting", "forgetting of earlier facts (accuracy)"),
     ):
-        for i, r in enumerate(rows):
-            ax.scatter(r[key], r["learning_accuracy"])
-            ax.annotate(
-                r["method"],
-                (r[key], r["learning_accuracy"]),
-                fontsize=8,
-                xytext=(3, 3 + 8 * (i % 2)),
-                textcoords="offset points",
-            )  # alternate heights: methods often share a point
+        scatter_rows(ax, rows, key, "learning_accuracy")
         if key == "general_increase":
             ax.set_xscale("symlog", linthresh=0.1)  # from +0% (no update) to +1000% (full finetuning)
         ax.axhline(rows[0]["chance"], color="grey", linestyle="--", linewidth=1)
@@ -174,6 +176,15 @@ def draw_comparison(fig, rows: list[dict]) -> None:
         ax.set_ylabel("learned: accuracy right after each task")
         ax.grid(True, alpha=0.3)
     fig.suptitle("Learning vs forgetting (up and left is better; dashed: chance)", fontsize=10)
+
+
+def scatter_rows(ax, rows: list[dict], x: str, y: str, label: str = "method", errors: str | None = None) -> None:
+    """One labelled point per row at ``(row[x], row[y])``, with ``row[errors]`` = (x error, y error) bars if given."""
+    for i, r in enumerate(rows):
+        xerr, yerr = r[errors] if errors else (None, None)
+        ax.errorbar(r[x], r[y], xerr=xerr, yerr=yerr, fmt="o", capsize=3)
+        # alternate heights: methods often share a point
+        ax.annotate(r[label], (r[x], r[y]), fontsize=8, xytext=(3, 3 + 8 * (i % 2)), textcoords="offset points")
 
 
 if __name__ == "__main__":
