@@ -92,6 +92,13 @@ for model in "${MODELS[@]}"; do
   ppl "$model-changelogs-none" "$model" "$OUT/heldout/changelogs"
   ppl "$model-changelogs-dyn" "$model" "$OUT/heldout/changelogs" --dynamic.lr "${DYN_LR[$model]}"
   [[ $model == hope* ]] && ppl "$model-changelogs-ttl" "$model" "$OUT/heldout/changelogs" --ttl.inner_lr "${TTL_LR[$model]}"
+  # Added with stage 5: HOPE's test-time learning with each in-context step capped at 3 % of the weights' norm
+  # (cms_max_step 0.03) and lr 3e-2, the setting that stage 5's bench found best on changelogs.
+  if [ "$model" = hope ]; then
+    for domain in info changelogs; do
+      ppl "$model-$domain-ttlcap" "$model" "$OUT/heldout/$domain" --ttl.inner_lr 3e-2 --ttl.max_step 0.03
+    done
+  fi
 done
 
 # 3. The four-domain sequence (hope eval retention, LocalDomains): info -> changelogs -> locales -> vim, about 2048

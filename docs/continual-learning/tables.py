@@ -3,9 +3,15 @@
     python docs/continual-learning/tables.py runs/cl docs/continual-learning/results
 
 Reads ``<runs>/<model>/`` (checkpoints, TensorBoard), ``<runs>/ppl/*.json`` (hope eval perplexity),
-``<runs>/retention/<model>/<method>/retention.json`` (hope eval retention) and the bench JSON in ``<results>``;
-writes ``<results>/tables.md``, ``<results>/summary.json``, ``<results>/learning_vs_forgetting.png`` and a copy of
-every retention report (``<results>/retention/<model>-<method>.json``, a few KB each).
+``<runs>/retention/<model>/<method>/retention.json`` and ``<runs>/retention-cap/<run>/retention.json`` (hope eval
+retention) and the bench JSON in ``<results>``; writes ``<results>/tables.md``, ``<results>/summary.json``,
+``<results>/learning_vs_forgetting.png`` and a copy of every retention report (``<results>/retention/`` and
+``<results>/retention-cap/``, a few KB each).
+
+Spread: a perplexity is shown ``± s.e.`` where its report has one (``hope eval perplexity``'s batch-means standard
+error, ``ppl * nll_standard_error``; the harness's ``standard_errors``). The ratios of two perplexities get the
+delta-method error ``ratio * sqrt((se_a / a)^2 + (se_b / b)^2)``, as if the two were independent: the same test
+text makes them positively correlated, so this overstates the error of a ratio (conservative).
 """
 
 from __future__ import annotations
@@ -69,8 +75,10 @@ def perplexity_rows(runs: Path) -> list[dict]:
         if report.get("dynamic"):
             mode, lr = "dyn", report["dynamic"]["lr"]
         elif report.get("ttl"):
-            mode, lr = "ttl", report["ttl"]["inner_lr"]
+            mode, lr = "ttl-cap" if report["ttl"].get("max_step") else "ttl", report["ttl"]["inner_lr"]
         row = {"model": model, "domain": domain, "mode": mode, "lr": lr}
+        se = report.get("nll_standard_error")  # absent from reports made before it existed
+        row["se"] = None if se is None else report["token_perplexity"] * se
         rows.append(row | {k: report[k] for k in ("token_perplexity", "tokens", "documents", "seconds")})
     return rows
 
@@ -81,36 +89,61 @@ def retention_rows(runs: Path, results: Path) -> list[dict]:
     for model in MODELS:
         for method in METHODS:
             path = runs / "retention" / model / method / "retention.json"
-            if not path.exists():
-                continue
-            (results / "retention").mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, results / "retention" / f"{model}-{method}.json")
-            report = json.loads(path.read_text())
-            R, initial, T = report["matrix"], report["initial"], len(report["matrix"])
-            rows.append(
-                {
-                    "model": model,
-                    "method": method,
-                    "names": report["task_names"],
-                    "initial": initial,
-                    "matrix": R,
-                    # learning: a new domain's perplexity right after learning it, against before any learning
-                    "learned_ratio": _geomean([R[i][i] / initial[i] for i in range(T)]),
-                    "domain1_after": R[-1][0] / R[0][0],  # domain 1 at the end, against right after learning it
-                    "domain1_vs_start": R[-1][0] / initial[0],
-                    "general_increase": report["general"]["relative_drop"],
-                    "general": [report["general"]["before"], report["general"]["after"]],
-                    "seconds": report["seconds"],
-                }
-            )
+            if path.exists():
+                rows.append({"model": model, "method": method, **_retention_summary(path, results / "retention")})
     return rows
+
+
+def cap_rows(runs: Path, results: Path) -> list[dict]:
+    """Stage 5: HOPE's test-time learning with the step cap, the consolidation cap and passes swept."""
+    rows = []
+    for path in sorted((runs / "retention-cap").glob("*/retention.json")):
+        summary = _retention_summary(path, results / "retention-cap")
+        rows.append({"model": "hope", "method": "ttl", "run": path.parent.name, **summary})
+    return rows
+
+
+def _retention_summary(path: Path, copy_to: Path) -> dict:
+    copy_to.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, copy_to / f"{path.parent.name if copy_to.name == 'retention-cap' else _flat(path)}.json")
+    report = json.loads(path.read_text())
+    R, initial, T = report["matrix"], report["initial"], len(report["matrix"])
+    general = report["general"]
+    row = {
+        "names": report["task_names"],
+        "initial": initial,
+        "matrix": R,
+        # learning: a new domain's perplexity right after learning it, against before any learning
+        "learned_ratio": _geomean([R[i][i] / initial[i] for i in range(T)]),
+        "domain1_after": R[-1][0] / R[0][0],  # domain 1 at the end, against right after learning it
+        "domain1_vs_start": R[-1][0] / initial[0],
+        "general_increase": general["relative_drop"],
+        "general": [general["before"], general["after"]],
+        "general_se": [general.get("before_standard_error"), general.get("after_standard_error")],
+        "seconds": report["seconds"],
+        "errors": report.get("standard_errors", {}).get("matrix_with_initial"),  # rows: initial, after each task
+    }
+    if row["errors"] is not None:
+        rel = [
+            [e / v for e, v in zip(es, vs, strict=True)] for es, vs in zip(row["errors"], [initial, *R], strict=True)
+        ]
+        row["learned_se"] = (
+            row["learned_ratio"] * math.sqrt(sum(rel[i + 1][i] ** 2 + rel[0][i] ** 2 for i in range(T))) / T
+        )  # the delta method on the mean of the logs
+        row["domain1_after_se"] = row["domain1_after"] * math.hypot(rel[-1][0], rel[1][0])
+        row["domain1_vs_start_se"] = row["domain1_vs_start"] * math.hypot(rel[-1][0], rel[0][0])
+    return row
 
 
 def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def tables(models: list[dict], ppl: list[dict], retention: list[dict], results: Path) -> str:
+def _flat(path: Path) -> str:
+    return f"{path.parents[1].name}-{path.parent.name}"
+
+
+def tables(models: list[dict], ppl: list[dict], retention: list[dict], caps: list[dict], results: Path) -> str:
     """The Markdown tables of the README, in its order."""
     out = [
         "## Models",
@@ -124,11 +157,15 @@ def tables(models: list[dict], ppl: list[dict], retention: list[dict], results: 
     ]
     out += ["", "## Held-out perplexity", "", *_ppl_table(ppl), "", "Step-size grid (info):", "", *_grid_table(ppl)]
     out += ["", "## Four-domain sequence", "", *_retention_table(retention)]
-    for r in retention:
-        out += ["", f"R matrix, {MODELS[r['model']]}, {METHODS[r['method']]} (perplexity; rows: after learning):", ""]
+    if caps:
+        out += ["", "## Four-domain sequence, HOPE's test-time learning with the caps", "", *_cap_table(caps)]
+    for r in retention + caps:
+        title = f"{MODELS[r['model']]}, {METHODS[r['method']]}" + (f" `{r['run']}`" if "run" in r else "")
+        out += ["", f"R matrix, {title} (perplexity ± s.e.; rows: after learning):", ""]
         out += ["| after | " + " | ".join(r["names"]) + " |", "|---" * (len(r["names"]) + 1) + "|"]
-        for label, row in zip(["(start)", *r["names"]], [r["initial"], *r["matrix"]], strict=True):
-            out.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
+        errors = r["errors"] or [[None] * len(r["names"])] * (len(r["matrix"]) + 1)
+        for label, row, row_se in zip(["(start)", *r["names"]], [r["initial"], *r["matrix"]], errors, strict=True):
+            out.append(f"| {label} | " + " | ".join(_pm(v, e) for v, e in zip(row, row_se, strict=True)) + " |")
     for name, render in (("throughput_icl_cpu.json", _throughput_table), ("ttl_gain.json", _gain_table)):
         if (results / name).exists():
             out += ["", *render(json.loads((results / name).read_text()))]
@@ -137,8 +174,9 @@ def tables(models: list[dict], ppl: list[dict], retention: list[dict], results: 
 
 def _ppl_table(ppl: list[dict]) -> list[str]:
     lines = [
-        "| model | domain | no learning | dynamic evaluation | test-time learning | tokens |",
-        "|---|---|---|---|---|---|",
+        "| model | domain | no learning | dynamic evaluation | test-time learning | test-time learning, step cap 0.03 "
+        "| tokens |",
+        "|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
         for domain in ("info", "changelogs"):
@@ -146,15 +184,20 @@ def _ppl_table(ppl: list[dict]) -> list[str]:
             if "none" not in cells:
                 continue
             base = cells["none"]["token_perplexity"]
-            text = [f"{base:.1f}"] + [
+            text = [_pm(base, cells["none"]["se"])] + [
                 "-"
                 if mode not in cells
-                else f"{cells[mode]['token_perplexity']:.1f} ({cells[mode]['token_perplexity'] / base - 1:+.0%}, "
-                f"lr {cells[mode]['lr']:g})"
-                for mode in ("dyn", "ttl")
+                else f"{_pm(cells[mode]['token_perplexity'], cells[mode]['se'])} "
+                f"({cells[mode]['token_perplexity'] / base - 1:+.0%}, lr {cells[mode]['lr']:g})"
+                for mode in ("dyn", "ttl", "ttl-cap")
             ]
             lines.append(f"| {MODELS[model]} | {domain} | " + " | ".join(text) + f" | {cells['none']['tokens']} |")
     return lines
+
+
+def _pm(value: float, error: float | None, digits: int = 1) -> str:
+    """``value ± error``, or the value alone when its report has no standard error."""
+    return f"{value:.{digits}f}" if error is None else f"{value:.{digits}f} ± {error:.{digits}f}"
 
 
 def _chosen(row: dict, ppl: list[dict]) -> bool:
@@ -179,19 +222,31 @@ def _grid_table(ppl: list[dict]) -> list[str]:
     return lines
 
 
+RETENTION_HEADER = (
+    "new domain: ppl after / before learning (geo. mean) | domain 1: end / just learned | domain 1: end / start | "
+    "general ppl before → after | seconds |"
+)
+
+
 def _retention_table(retention: list[dict]) -> list[str]:
-    lines = [
-        "| model | method | new domain: ppl after / before learning (geo. mean) | domain 1: end / just learned | "
-        "domain 1: end / start | general ppl before → after | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {MODELS[r['model']]} | {METHODS[r['method']]} | {r['learned_ratio']:.3f} | {r['domain1_after']:.3f} | "
-        f"{r['domain1_vs_start']:.3f} | {r['general'][0]:.1f} → {r['general'][1]:.1f} ({r['general_increase']:+.1%}) | "
-        f"{r['seconds']:.0f} |"
-        for r in retention
-    ]
+    lines = ["| model | method | " + RETENTION_HEADER, "|---|---|---|---|---|---|---|"]
+    lines += [f"| {MODELS[r['model']]} | {METHODS[r['method']]} | " + _retention_cells(r) for r in retention]
     return lines
+
+
+def _cap_table(caps: list[dict]) -> list[str]:
+    lines = ["| run | " + RETENTION_HEADER, "|---|---|---|---|---|---|"]
+    lines += [f"| `{r['run']}` | " + _retention_cells(r) for r in caps]
+    return lines
+
+
+def _retention_cells(r: dict) -> str:
+    (before, after), (se_before, se_after) = r["general"], r["general_se"]
+    return (
+        " | ".join(_pm(r[key], r.get(f"{key}_se"), 3) for key in ("learned_ratio", "domain1_after", "domain1_vs_start"))
+        + f" | {_pm(before, se_before)} → "
+        f"{_pm(after, se_after)} ({r['general_increase']:+.1%}) | {r['seconds']:.0f} |"
+    )
 
 
 def _throughput_table(bench: dict) -> list[str]:
@@ -239,9 +294,10 @@ def main(runs: str, results: str) -> None:
     runs_path, results_path = Path(runs), Path(results)
     results_path.mkdir(parents=True, exist_ok=True)
     models, ppl, retention = model_rows(runs_path), perplexity_rows(runs_path), retention_rows(runs_path, results_path)
-    summary = {"models": models, "perplexity": ppl, "retention": retention, "torch": torch.__version__}
+    caps = cap_rows(runs_path, results_path)
+    summary = {"models": models, "perplexity": ppl, "retention": retention, "caps": caps, "torch": torch.__version__}
     (results_path / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (results_path / "tables.md").write_text(tables(models, ppl, retention, results_path))
+    (results_path / "tables.md").write_text(tables(models, ppl, retention, caps, results_path))
     if retention:
         save_figure(draw, retention, results_path / "learning_vs_forgetting.png", figsize=(11, 4.5))
     print((results_path / "tables.md").read_text())
