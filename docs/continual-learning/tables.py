@@ -9,9 +9,12 @@ retention) and the bench JSON in ``<results>``; writes ``<results>/tables.md``, 
 ``<results>/retention-cap/``, a few KB each).
 
 Spread: a perplexity is shown ``± s.e.`` where its report has one (``hope eval perplexity``'s batch-means standard
-error, ``ppl * nll_standard_error``; the harness's ``standard_errors``). The ratios of two perplexities get the
-delta-method error ``ratio * sqrt((se_a / a)^2 + (se_b / b)^2)``, as if the two were independent: the same test
-text makes them positively correlated, so this overstates the error of a ratio (conservative).
+error, ``ppl * nll_standard_error``; the harness's ``standard_errors``): how far it would move on other text of the
+domain. A ratio of two perplexities *of the same text* (a method against no learning, a domain before and after,
+one model against another) is paired: ``ratio * se``, with se the standard error of the per-batch differences of
+mean NLL (``hope.evaluation.metrics.paired_log_ratio``, 128-token batches), which removes the passages that are
+hard for both and is far smaller than either perplexity's own error. The geometric mean over the domains of
+per-domain ratios gets ``sqrt(sum se_i^2) / T`` on the log scale.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from hope.evaluation.metrics import paired_log_ratio
 from hope.evaluation.plots import save_figure
 
 MODELS = {
@@ -79,6 +83,7 @@ def perplexity_rows(runs: Path) -> list[dict]:
         row = {"model": model, "domain": domain, "mode": mode, "lr": lr}
         se = report.get("nll_standard_error")  # absent from reports made before it existed
         row["se"] = None if se is None else report["token_perplexity"] * se
+        row["batches"] = report.get("nll_batch_means")
         rows.append(row | {k: report[k] for k in ("token_perplexity", "tokens", "documents", "seconds")})
     return rows
 
@@ -123,16 +128,21 @@ def _retention_summary(path: Path, copy_to: Path) -> dict:
         "seconds": report["seconds"],
         "errors": report.get("standard_errors", {}).get("matrix_with_initial"),  # rows: initial, after each task
     }
-    if row["errors"] is not None:
-        rel = [
-            [e / v for e, v in zip(es, vs, strict=True)] for es, vs in zip(row["errors"], [initial, *R], strict=True)
-        ]
-        row["learned_se"] = (
-            row["learned_ratio"] * math.sqrt(sum(rel[i + 1][i] ** 2 + rel[0][i] ** 2 for i in range(T))) / T
-        )  # the delta method on the mean of the logs
-        row["domain1_after_se"] = row["domain1_after"] * math.hypot(rel[-1][0], rel[1][0])
-        row["domain1_vs_start_se"] = row["domain1_vs_start"] * math.hypot(rel[-1][0], rel[0][0])
+    batches = report.get("nll_batch_means")  # [row][task][batch], rows as errors
+    if batches is not None:
+        log_ses = [_paired_se(batches[i + 1][i], batches[0][i]) for i in range(T)]
+        row["learned_ratio_se"] = row["learned_ratio"] * math.sqrt(sum(se * se for se in log_ses)) / T
+        row["domain1_after_se"] = row["domain1_after"] * _paired_se(batches[-1][0], batches[1][0])
+        row["domain1_vs_start_se"] = row["domain1_vs_start"] * _paired_se(batches[-1][0], batches[0][0])
+        ratio = general["after"] / general["before"]
+        row["general_increase_se"] = ratio * _paired_se(
+            general["after_nll_batch_means"], general["before_nll_batch_means"]
+        )
     return row
+
+
+def _paired_se(nll_batches_a: list[float], nll_batches_b: list[float]) -> float:
+    return paired_log_ratio(nll_batches_a, nll_batches_b)[1]
 
 
 def _geomean(values: list[float]) -> float:
@@ -156,6 +166,7 @@ def tables(models: list[dict], ppl: list[dict], retention: list[dict], caps: lis
         for r in models
     ]
     out += ["", "## Held-out perplexity", "", *_ppl_table(ppl), "", "Step-size grid (info):", "", *_grid_table(ppl)]
+    out += ["", "The goal's comparison (relative difference, paired standard error):", "", *_goal_table(ppl)]
     out += ["", "## Four-domain sequence", "", *_retention_table(retention)]
     if caps:
         out += ["", "## Four-domain sequence, HOPE's test-time learning with the caps", "", *_cap_table(caps)]
@@ -188,16 +199,47 @@ def _ppl_table(ppl: list[dict]) -> list[str]:
                 "-"
                 if mode not in cells
                 else f"{_pm(cells[mode]['token_perplexity'], cells[mode]['se'])} "
-                f"({cells[mode]['token_perplexity'] / base - 1:+.0%}, lr {cells[mode]['lr']:g})"
+                f"({_pct(*_change(cells[mode], cells['none']), digits=0)}, lr {cells[mode]['lr']:g})"
                 for mode in ("dyn", "ttl", "ttl-cap")
             ]
             lines.append(f"| {MODELS[model]} | {domain} | " + " | ".join(text) + f" | {cells['none']['tokens']} |")
     return lines
 
 
+def _pct(change: float, error: float | None, digits: int = 1) -> str:
+    """A relative change ``+12.3% ± 4.5%`` (its paired error), or the change alone."""
+    return f"{change:+.{digits}%}" if error is None else f"{change:+.{digits}%} ± {error:.{digits}%}"
+
+
 def _pm(value: float, error: float | None, digits: int = 1) -> str:
     """``value ± error``, or the value alone when its report has no standard error."""
     return f"{value:.{digits}f}" if error is None else f"{value:.{digits}f} ± {error:.{digits}f}"
+
+
+def _change(a: dict, b: dict) -> tuple[float, float | None]:
+    """``ppl_a / ppl_b - 1`` of two perplexity rows on the same text, and its paired standard error."""
+    ratio = a["token_perplexity"] / b["token_perplexity"]
+    if a["batches"] is None or b["batches"] is None or math.isnan(ratio):
+        return ratio - 1, None
+    return ratio - 1, ratio * _paired_se(a["batches"], b["batches"])
+
+
+def _goal_table(ppl: list[dict]) -> list[str]:
+    """The goal's first half: HOPE's test-time learning (the better of the plain and the capped step) against
+    Transformer++'s dynamic evaluation, and HOPE's dynamic evaluation against it, paired on the same text."""
+    lines = ["| domain | HOPE, test-time learning / Transformer++, dynamic evaluation | HOPE, dynamic evaluation / "
+             "Transformer++, dynamic evaluation |", "|---|---|---|"]  # fmt: skip
+    for domain in ("info", "changelogs"):
+        chosen = [r for r in ppl if r["domain"] == domain and _chosen(r, ppl)]
+        pick = {(r["model"], r["mode"]): r for r in chosen}
+        reference = pick.get(("transformer", "dyn"))
+        ttl = [pick[k] for k in (("hope", "ttl"), ("hope", "ttl-cap")) if k in pick]
+        if reference is None or not ttl or ("hope", "dyn") not in pick:
+            continue
+        best = min(ttl, key=lambda r: r["token_perplexity"])
+        cells = [_pct(*_change(best, reference)) + f" ({best['mode']})", _pct(*_change(pick["hope", "dyn"], reference))]
+        lines.append(f"| {domain} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _chosen(row: dict, ppl: list[dict]) -> bool:
@@ -244,8 +286,8 @@ def _retention_cells(r: dict) -> str:
     (before, after), (se_before, se_after) = r["general"], r["general_se"]
     return (
         " | ".join(_pm(r[key], r.get(f"{key}_se"), 3) for key in ("learned_ratio", "domain1_after", "domain1_vs_start"))
-        + f" | {_pm(before, se_before)} → "
-        f"{_pm(after, se_after)} ({r['general_increase']:+.1%}) | {r['seconds']:.0f} |"
+        + f" | {_pm(before, se_before)} → {_pm(after, se_after)} "
+        f"({_pct(r['general_increase'], r.get('general_increase_se'))}) | {r['seconds']:.0f} |"
     )
 
 
@@ -278,9 +320,10 @@ def draw(fig, retention: list[dict]) -> None:
         for r in retention:
             marker = "o" if r["model"] == "transformer" else "s"
             x = r[key] if key == "general_increase" else r[key] - 1
-            ax.scatter(x, r["learned_ratio"], marker=marker)
-            ax.annotate(f"{r['model']}:{r['method']}", (x, r["learned_ratio"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")  # fmt: skip
+            ax.errorbar(x, r["learned_ratio"], xerr=r.get(f"{key}_se"), yerr=r.get("learned_ratio_se"), fmt=marker,
+                        capsize=2)  # fmt: skip  # paired standard errors, where the report has them
+            label_text = f"{r['model']}:{r['method']}" + (f":{r['run']}" if "run" in r else "")
+            ax.annotate(label_text, (x, r["learned_ratio"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axvline(0.1, color="grey", linestyle="--", linewidth=1)  # the goal: at most +10 %
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_xlabel(label + (" - 1" if key == "domain1_after" else ""))
@@ -299,7 +342,7 @@ def main(runs: str, results: str) -> None:
     (results_path / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (results_path / "tables.md").write_text(tables(models, ppl, retention, caps, results_path))
     if retention:
-        save_figure(draw, retention, results_path / "learning_vs_forgetting.png", figsize=(11, 4.5))
+        save_figure(draw, retention + caps, results_path / "learning_vs_forgetting.png", figsize=(11, 4.5))
     print((results_path / "tables.md").read_text())
 
 
