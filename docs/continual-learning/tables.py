@@ -130,8 +130,11 @@ def _retention_summary(path: Path, copy_to: Path) -> dict:
     }
     batches = report.get("nll_batch_means")  # [row][task][batch], rows as errors
     if batches is not None:
-        log_ses = [_paired_se(batches[i + 1][i], batches[0][i]) for i in range(T)]
-        row["learned_ratio_se"] = row["learned_ratio"] * math.sqrt(sum(se * se for se in log_ses)) / T
+        log_ses = [_paired_se(batches[i + 1][i], batches[0][i]) for i in range(T)]  # None: one test batch
+        row["per_domain"] = [[R[i][i] / initial[i], None if se is None else R[i][i] / initial[i] * se]
+                             for i, se in enumerate(log_ses)]  # fmt: skip
+        if None not in log_ses:
+            row["learned_ratio_se"] = row["learned_ratio"] * math.sqrt(sum(se * se for se in log_ses)) / T
         row["domain1_after_se"] = row["domain1_after"] * _paired_se(batches[-1][0], batches[1][0])
         row["domain1_vs_start_se"] = row["domain1_vs_start"] * _paired_se(batches[-1][0], batches[0][0])
         ratio = general["after"] / general["before"]
@@ -170,6 +173,8 @@ def tables(models: list[dict], ppl: list[dict], retention: list[dict], caps: lis
     out += ["", "## Four-domain sequence", "", *_retention_table(retention)]
     if caps:
         out += ["", "## Four-domain sequence, HOPE's test-time learning with the caps", "", *_cap_table(caps)]
+    out += ["", "Per domain: perplexity right after learning it / before any learning (± paired s.e.):", ""]
+    out += _per_domain_table(retention + caps)
     for r in retention + caps:
         title = f"{MODELS[r['model']]}, {METHODS[r['method']]}" + (f" `{r['run']}`" if "run" in r else "")
         out += ["", f"R matrix, {title} (perplexity ± s.e.; rows: after learning):", ""]
@@ -208,12 +213,16 @@ def _ppl_table(ppl: list[dict]) -> list[str]:
 
 def _pct(change: float, error: float | None, digits: int = 1) -> str:
     """A relative change ``+12.3% ± 4.5%`` (its paired error), or the change alone."""
-    return f"{change:+.{digits}%}" if error is None else f"{change:+.{digits}%} ± {error:.{digits}%}"
+    if error is None or math.isnan(change):
+        return f"{change:+.{digits}%}"
+    return f"{change:+.{digits}%} ± {error:.{digits}%}"
 
 
 def _pm(value: float, error: float | None, digits: int = 1) -> str:
     """``value ± error``, or the value alone when its report has no standard error."""
-    return f"{value:.{digits}f}" if error is None else f"{value:.{digits}f} ± {error:.{digits}f}"
+    if error is None or math.isnan(value):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {error:.{digits}f}"
 
 
 def _change(a: dict, b: dict) -> tuple[float, float | None]:
@@ -289,6 +298,22 @@ def _retention_cells(r: dict) -> str:
         + f" | {_pm(before, se_before)} → {_pm(after, se_after)} "
         f"({_pct(r['general_increase'], r.get('general_increase_se'))}) | {r['seconds']:.0f} |"
     )
+
+
+def _per_domain_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if "per_domain" in r]
+    if not rows:
+        return []
+    lines = [
+        "| model | method | " + " | ".join(rows[0]["names"]) + " |",
+        "|---|---" + "|---" * len(rows[0]["names"]) + "|",
+    ]
+    for r in rows:
+        label = METHODS[r["method"]] + (f" `{r['run']}`" if "run" in r else "")
+        lines.append(
+            f"| {MODELS[r['model']]} | {label} | " + " | ".join(_pm(v, e, 3) for v, e in r["per_domain"]) + " |"
+        )
+    return lines
 
 
 def _throughput_table(bench: dict) -> list[str]:
