@@ -92,6 +92,13 @@ for model in "${MODELS[@]}"; do
   ppl "$model-changelogs-none" "$model" "$OUT/heldout/changelogs"
   ppl "$model-changelogs-dyn" "$model" "$OUT/heldout/changelogs" --dynamic.lr "${DYN_LR[$model]}"
   [[ $model == hope* ]] && ppl "$model-changelogs-ttl" "$model" "$OUT/heldout/changelogs" --ttl.inner_lr "${TTL_LR[$model]}"
+  # (named capttl: the TTL_LR glob above must not pick it) Added with stage 5: HOPE's test-time learning with each in-context step capped at 3 % of the weights' norm
+  # (cms_max_step 0.03) and lr 3e-2, the setting that stage 5's bench found best on changelogs.
+  if [ "$model" = hope ]; then
+    for domain in info changelogs; do
+      ppl "$model-$domain-capttl" "$model" "$OUT/heldout/$domain" --ttl.inner_lr 3e-2 --ttl.max_step 0.03
+    done
+  fi
 done
 
 # 3. The four-domain sequence (hope eval retention, LocalDomains): info -> changelogs -> locales -> vim, about 2048
@@ -150,8 +157,9 @@ fi
 # 5. Added after the tables above: HOPE's test-time learning with each in-context step capped (--method.ttl.max_step,
 # i.e. cms_max_step), sweeping the consolidation cap and the passes, on the same sequence. Reports are copied to
 # $DOC/results/retention-cap/ (the README's "step cap" tables).
-read -r -a SWEEP <<< "${SWEEP:-lr1e-2-nostep-nochange lr3e-2-step3e-2-change5e-2 lr3e-2-step3e-2-change2e-1
-  lr3e-2-step3e-2-change2e-1-passes3 lr3e-2-step3e-2-nochange}"
+DEFAULT_SWEEP="lr1e-2-nostep-nochange lr3e-2-step3e-2-change5e-2 lr3e-2-step3e-2-change2e-1"
+DEFAULT_SWEEP+=" lr3e-2-step3e-2-change2e-1-passes3 lr3e-2-step3e-2-nochange"
+read -r -a SWEEP <<< "${SWEEP:-$DEFAULT_SWEEP}"  # one line: read stops at the first newline
 declare -A CAPPED=(
   [lr1e-2-nostep-nochange]='--method.ttl.inner_lr 0.01'
   [lr3e-2-step3e-2-change5e-2]='--method.ttl.inner_lr 0.03 --method.ttl.max_step 0.03 --method.ttl.max_change 0.05'
