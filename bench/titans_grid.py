@@ -68,7 +68,6 @@ RUNS = [
         "Transformer++, MLP 640 (param-matched)",
         "ablation",
         {"intermediate_size": 640},
-        (1234,),
     ),  # fmt: skip
     # -- MAC's gap: one change at a time from the settings before issue 13 ------------------------------------------
     *_targeted(
