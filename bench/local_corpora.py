@@ -38,11 +38,16 @@ def _read(path: Path) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+# the marker an info index node carries, "\0\b[index\0\b]": its NUL bytes would make the text fail the UTF-8 check
+# of hope's data loading (a NUL is binary), and it is not prose
+INFO_COOKIE = re.compile("\x00\x08\\[[^\x00]*\x00\x08\\]")
+
+
 def info_nodes(root: Path) -> Iterator[tuple[str, str]]:
-    """Nodes of the GNU info manuals: info files separate nodes with the 0x1f byte."""
+    """Nodes of the GNU info manuals: info files separate nodes with the 0x1f byte; index markers removed."""
     for path in sorted(root.glob("*.info*")):
         for i, node in enumerate(_read(path).split("\x1f")):
-            yield f"{path.name.split('.info')[0]}-{i:04d}", node.strip()
+            yield f"{path.name.split('.info')[0]}-{i:04d}", INFO_COOKIE.sub("", node).replace("\x00", "").strip()
 
 
 def changelogs(root: Path) -> Iterator[tuple[str, str]]:

@@ -53,12 +53,14 @@ def hope(*args: str, log: Path) -> int:
         return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode
 
 
-def evaluate(checkpoint: Path, source: str, out: Path, log: Path, max_documents: int | None) -> dict | None:
+def evaluate(checkpoint: Path, source: str, out: Path, log: Path, max_documents: int | None) -> dict:
     split = ["--split", "val"] if source == "default" else ["--split", "all", "--max_documents", str(max_documents)]
     args = ["eval", "perplexity", "--checkpoint", str(checkpoint), "--source", source, *split]
     args += ["--window", "256", "--bucket_size", "64", "--progress", "false", "--out", str(out)]
-    if hope(*args, log=log) or not out.exists():
-        return None
+    out.unlink(missing_ok=True)
+    code = hope(*args, log=log)
+    if not out.exists():  # hope eval perplexity writes its report before exiting 1 on a NaN: this is an error
+        raise RuntimeError(f"hope eval perplexity failed (exit {code}) on {source}, not a divergence: see {log}")
     return json.loads(out.read_text())
 
 
@@ -74,17 +76,14 @@ def evaluations(run_dir: Path, finite: bool, args: argparse.Namespace) -> dict:
         reports["val"] = evaluate(checkpoint, "default", run_dir / "eval-val.json", log, None)
         info = str(args.corpora / "info")
         reports["info"] = evaluate(checkpoint, info, run_dir / "eval-info.json", log, args.info_docs)
-    ppl = {k: (r or {}).get("token_perplexity", math.nan) for k, r in reports.items()}
+    ppl = {k: r["token_perplexity"] for k, r in reports.items()}
     return {
         "finite": finite and len(ppl) == 2 and all(math.isfinite(v) for v in ppl.values()),
         "val_ppl": ppl.get("val", math.nan),
         "info_ppl": ppl.get("info", math.nan),
-        "eval_tokens": {k: (r or {}).get("tokens") for k, r in reports.items()},
+        "eval_tokens": {k: r["tokens"] for k, r in reports.items()},
         # perplexity of the document's tokens 0-63, 64-127, 128-191, 192-255 (all in the first window of 256)
-        "by_position": {
-            k: [b["perplexity"] for b in (r or {}).get("by_position", {}).get("buckets", [])[:4]]
-            for k, r in reports.items()
-        },
+        "by_position": {k: [b["perplexity"] for b in r["by_position"]["buckets"][:4]] for k, r in reports.items()},
     }
 
 
@@ -137,7 +136,8 @@ def run_group(group: str, args: argparse.Namespace) -> None:
             path = result_path(args.out, run.name, seed)
             if path.exists() and args.reeval:  # evaluate the run's checkpoint again (e.g. after the evals changed)
                 old = json.loads(path.read_text())
-                result = old | evaluations(args.runs_dir / f"{run.name}-seed{seed}", old["finite"], args)
+                run_dir = args.runs_dir / f"{run.name}-seed{seed}"
+                result = old | evaluations(run_dir, finite_weights(run_dir / "checkpoints" / "last.ckpt"), args)
             elif path.exists():
                 continue
             else:

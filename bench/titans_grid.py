@@ -61,6 +61,14 @@ RUNS = [
     Run("mac", "titans-mac", "+MAC", "ablation", paper=26.67),
     Run("mag", "titans-mag", "+MAG", "ablation", paper=25.70),
     Run("mal", "titans-mal", "+MAL", "ablation", paper=25.91),
+    # Transformer++ widened to the hybrids' budget (3.36 M): the MLP's 384 hidden units raised to 640 (3.34 M)
+    Run(
+        "transformer-matched",
+        "transformer",
+        "Transformer++, MLP 640 (param-matched)",
+        "ablation",
+        {"intermediate_size": 640},
+    ),  # fmt: skip
     # -- MAC's gap: one change at a time from the settings before issue 13 ------------------------------------------
     *_targeted(
         "mac",
