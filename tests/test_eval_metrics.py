@@ -25,14 +25,15 @@ def test_language_model_formulas():
         M.token_perplexity(-1.0, 0)
 
 
-def test_batch_means_standard_error_matches_a_plain_loop():
+def test_batch_means_and_their_standard_error_match_a_plain_loop():
     rng = random.Random(0)
     values = [rng.gauss(0.0, 1.0) for _ in range(103)]
     means = [sum(values[i * 10 : (i + 1) * 10]) / 10 for i in range(10)]  # the last 3 values left out
-    assert M.batch_means_standard_error(values, 10) == pytest.approx(statistics.stdev(means) / math.sqrt(10))
-    assert M.batch_means_standard_error(values[:19], 10) is None  # one full batch: no spread
+    assert M.batch_means(values, 10) == pytest.approx(means)
+    assert M.mean_standard_error(M.batch_means(values, 10)) == pytest.approx(statistics.stdev(means) / math.sqrt(10))
+    assert M.mean_standard_error(M.batch_means(values[:19], 10)) is None  # one full batch: no spread
     with pytest.raises(ValueError, match="batch=0"):
-        M.batch_means_standard_error(values, 0)
+        M.batch_means(values, 0)
 
 
 def test_paired_log_ratio_is_the_mean_and_error_of_batch_differences():
@@ -56,7 +57,7 @@ def test_batch_means_see_the_serial_correlation_that_the_iid_formula_misses():
     for t in range(1, n):
         x[t] = phi * x[t - 1] + noise[t]
     truth = 1 / (1 - phi) / math.sqrt(n)
-    assert M.batch_means_standard_error(x, 400) == pytest.approx(truth, rel=0.25)
+    assert M.mean_standard_error(M.batch_means(x, 400)) == pytest.approx(truth, rel=0.25)
     assert x.std(ddof=1) / math.sqrt(n) < 0.5 * truth
 
 

@@ -13,10 +13,11 @@ them comparable across tokenizers.
 
 Spread (not in lm-eval, which reports none for perplexity): the per-token negative log-likelihoods of a text are
 serially correlated (a hard passage is hard for many tokens), so the i.i.d. formula ``sd / sqrt(n)`` understates
-the error of their mean. ``batch_means_standard_error`` cuts the series into consecutive batches (non-overlapping
-batch means, Flegal & Jones 2010): with batches much longer than the correlation length their means are nearly
-independent. A perplexity's interval is ``exp(nll ± 1.96 se)``; its standard error by the delta method
-``ppl * se``. Two evaluations of the same text are compared by ``paired_log_ratio`` on their batch means.
+the error of their mean. ``batch_means`` cuts the series into consecutive batches (non-overlapping batch means,
+Flegal & Jones 2010): with batches much longer than the correlation length their means are nearly independent, and
+``mean_standard_error`` of them is the error of the series' mean. A perplexity's interval is
+``exp(nll ± 1.96 se)``; its standard error by the delta method ``ppl * se``. Two evaluations of the same text are
+compared by ``paired_log_ratio`` on their batch means.
 
 Continual learning. ``R[i][j]`` is the score on task ``j`` after learning tasks ``0..i`` (T x T, row ``i`` =
 after task ``i``), ``b[j]`` the score of the model before it learned anything (GEM uses a randomly initialised
@@ -110,14 +111,8 @@ def batch_means(values: Sequence[float] | np.ndarray, batch: int) -> np.ndarray:
     return kept.reshape(n_batches, batch).mean(axis=1)  # [n_batches]
 
 
-def batch_means_standard_error(values: Sequence[float] | np.ndarray, batch: int) -> float | None:
-    """Standard error of the mean of a serially correlated series: the sample standard deviation of its batch means
-    over sqrt(number of batches). None with fewer than two full batches (no spread can be estimated)."""
-    return mean_standard_error(batch_means(values, batch))
-
-
 def mean_standard_error(samples: Sequence[float] | np.ndarray) -> float | None:
-    """``sd / sqrt(n)`` of nearly independent samples (e.g. batch means); None with fewer than two."""
+    """``sd / sqrt(n)`` of nearly independent samples (e.g. batch means); None with fewer than two (no spread)."""
     if len(samples) < 2:
         return None
     return float(np.std(np.asarray(samples, dtype=np.float64), ddof=1) / math.sqrt(len(samples)))

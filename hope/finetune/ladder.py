@@ -2,6 +2,7 @@
 
     python -m hope.finetune.ladder --checkpoint runs/cl/transformer/checkpoints/last.ckpt \\
         --hope_checkpoint runs/cl/hope/checkpoints/last.ckpt --seeds '[0, 1]' \\
+        --study_policy docs/five-pieces/study_policy/policy.json \\
         --domains.paths '[corpora/info, corpora/changelogs, corpora/locales, corpora/vim]' \\
         --domains.train_tokens 2048 --domains.test_tokens 512 --domains.max_file_chars 2000
 
@@ -52,7 +53,7 @@ SUITES = ("facts", "domains")
 TTL = TTLConfig(inner_lr=0.03, max_step=0.03, consolidate=True, max_change=0.05)  # docs/continual-learning
 
 
-def check_arguments(suite, facts, domains, stages, seeds, study_policy, target_fraction, hope_checkpoint) -> None:
+def check_arguments(suite, domains, stages, seeds, study_policy, target_fraction, hope_checkpoint) -> None:
     """Raise, naming the field and the fix, on arguments the ladder cannot run."""
     if not suite or any(s not in SUITES for s in suite):
         raise ValueError(f"--suite {suite}: choose one or more of {list(SUITES)}")
@@ -112,7 +113,7 @@ def ladder(
         reports: folder of the harness's reports.
     """
     suite, stages, seeds = suite or list(SUITES), stages or list(STAGES), seeds if seeds is not None else [0]
-    check_arguments(suite, facts, domains, stages, seeds, study_policy, target_fraction, hope_checkpoint)
+    check_arguments(suite, domains, stages, seeds, study_policy, target_fraction, hope_checkpoint)
     settings = settings or LadderSettings()
     start, tokenizer = load_for_eval(checkpoint, device="cpu")
     hope = load_for_eval(hope_checkpoint, device="cpu") if hope_checkpoint else None

@@ -96,8 +96,7 @@ def composite_error(errors: dict | None, final: np.ndarray, higher_is_better: bo
 
 def _mean_se(values: list[float]) -> tuple[float, float | None]:
     """Mean and standard error over seeds (None for one seed)."""
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), (float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else None)
+    return float(np.mean(values)), metrics.mean_standard_error(values)
 
 
 def aggregate(stage: str, pieces: str, runs: list[dict]) -> dict:

@@ -34,6 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 from hope.continual.finetune import TaskLoop
 from hope.continual.methods.self_study import GapStudy
 from hope.continual.study_policy import StudyPolicy
+from hope.evaluation import metrics
 from hope.evaluation.loading import load_for_eval
 from hope.evaluation.plots import save_figure
 from hope.evaluation.retention.facts import SyntheticFacts
@@ -284,10 +285,9 @@ def evaluate(
     return report
 
 
-def mean_and_error(values: list[float]) -> dict[str, float]:
-    """Mean and standard error of the mean (0 for one value)."""
-    error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "standard_error": error}
+def mean_and_error(values: list[float]) -> dict[str, float | None]:
+    """Mean and standard error of the mean (None for one value)."""
+    return {"mean": statistics.fmean(values), "standard_error": metrics.mean_standard_error(values)}
 
 
 if __name__ == "__main__":
