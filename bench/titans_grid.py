@@ -143,6 +143,11 @@ RUNS = [
     *_targeted("mag", "titans-mag", BEFORE, HYBRID_CHANGES, "mag", seeds={"np16": SEEDS}),
     *_targeted("mal", "titans-mal", BEFORE, HYBRID_CHANGES, "mal", seeds={"np16": SEEDS}),
     *_targeted("lmm", "titans-lmm", BEFORE, HYBRID_CHANGES[1:], "lmm", seeds={"lr0.125": SEEDS}),
+    # -- the four variants with the debug presets as they are now (after the defaults this issue changed) -------------
+    Run("lmm-default", "titans-lmm", "LMM", "defaults", seeds=SEEDS3),
+    Run("mac-default", "titans-mac", "+MAC", "defaults", seeds=SEEDS3),
+    Run("mag-default", "titans-mag", "+MAG", "defaults", seeds=SEEDS3),
+    Run("mal-default", "titans-mal", "+MAL", "defaults", seeds=SEEDS3),
     # -- 600 steps (the compare configs' schedule, 1.2 M tokens): do the 150-step relations hold? ---------------------
     Run(
         "transformer-matched-600",
@@ -155,6 +160,26 @@ RUNS = [
     ),
     Run("mal-600", "titans-mal", "+MAL", "long", seeds=(1234,), steps=600, base=BEFORE),
     Run("mac-600", "titans-mac", "+MAC", "long", seeds=(1234,), steps=600, base=MAC_BEFORE),
+    Run(
+        "mac-np16-600",
+        "titans-mac",
+        "+MAC, n_persistent 16",
+        "long",
+        {"n_persistent": 16},
+        (1234,),
+        steps=600,
+        base=MAC_BEFORE,
+    ),
+    Run(
+        "mal-np16-600",
+        "titans-mal",
+        "+MAL, n_persistent 16",
+        "long",
+        {"n_persistent": 16},
+        (1234,),
+        steps=600,
+        base=BEFORE,
+    ),
 ]
 # the runs a group's two "×" columns divide by: Transformer++ as shipped and param-matched, at the group's steps
 BASELINES = {"long": (None, "transformer-matched-600")}

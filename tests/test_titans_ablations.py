@@ -133,6 +133,8 @@ def test_seeds_runs_only_those_seeds_and_reuses_a_finished_twin(tmp_path):
 def test_every_run_is_a_valid_config_and_targeted_runs_change_one_thing():
     for run in RUNS:
         assert ModelConfig(**resolved_config(run)).family == run.family
+        assert run.steps is None or type(run.steps) is int, run.name  # not a dict passed by position
+        assert run.paper is None or type(run.paper) is float, run.name
     for group, before_run in [("mac", "mac-before"), ("mag", "mag"), ("mal", "mal"), ("lmm", "lmm")]:
         before = resolved_config(BY_NAME[before_run])
         for run in (r for r in RUNS if r.group == group and r.name not in ("mac-before", "mac-literal")):
