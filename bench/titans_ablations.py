@@ -96,19 +96,26 @@ def train_and_evaluate(run: Run, seed: int, args: argparse.Namespace) -> dict:
     fit = ["fit", "--config", f"configs/pretrain/compare/{run.family}.yaml", "--trainer.default_root_dir", str(run_dir)]
     fit += ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
     fit += ["--trainer.num_sanity_val_steps", "0", "--checkpoint.every_n_train_steps", str(steps)]
-    fit += ["--seed_everything", str(seed), "--data.seed", str(seed), "--model.overrides", json.dumps(run.overrides)]
+    fit += [
+        "--seed_everything",
+        str(seed),
+        "--data.seed",
+        str(seed),
+        "--model.overrides",
+        json.dumps(run.model_overrides),
+    ]
     start = time.time()
     fit_rc = hope(*fit, log=log)
     seconds = time.time() - start
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     finite = fit_rc == 0 and checkpoint.exists() and finite_weights(checkpoint)
     fit_val = re.findall(r"step \d+: val_loss \S+\s+val_ppl (\S+)", log.read_text())
-    model = HopeLM(ModelConfig.from_preset(PRESETS[run.family], **run.overrides))
+    model = HopeLM(ModelConfig.from_preset(PRESETS[run.family], **run.model_overrides))
     return {
         "name": run.name,
         "seed": seed,
         "family": run.family,
-        "overrides": run.overrides,
+        "overrides": run.model_overrides,
         "steps": steps,
         "tokens": steps * 8 * 256,
         "params": sum(p.numel() for p in model.parameters()),
@@ -146,7 +153,7 @@ def run_group(group: str, args: argparse.Namespace) -> None:
                 key = (resolved_config(run), seed, steps)
                 twin = [r for r in done if (r["model_config"], r["seed"], r["steps"]) == key]
                 result = (
-                    twin[0] | {"name": run.name, "overrides": run.overrides}
+                    twin[0] | {"name": run.name, "overrides": run.model_overrides}
                     if twin
                     else train_and_evaluate(run, seed, args)
                 )
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.list:
         for run in RUNS:
-            print(f"{run.group:10s} {run.name:20s} seeds {list(run.seeds)} {json.dumps(run.overrides)}")
+            print(f"{run.group:10s} {run.name:20s} seeds {list(run.seeds)} {json.dumps(run.model_overrides)}")
     elif args.group and not args.tables:
         run_group(args.group, args)
     else:

@@ -92,12 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val_docs", type=int, default=None, help="default: the whole validation split")
     parser.add_argument("--windows", type=int, default=32, help="windows for the weight movement")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--append", action="store_true", help="add to the checkpoints already in --out")
     args = parser.parse_args(argv)
     sources = {
         "val": [text for _, text in load_documents("default", "val", args.val_docs)],
         "info": [text for _, text in load_documents(args.info, "all", args.info_docs)],
     }
-    results = []
+    results = json.loads(args.out.read_text()) if args.append and args.out and args.out.exists() else []
     for checkpoint in args.checkpoints:
         results.append(probe(checkpoint, sources, args.windows))
         print(json.dumps(results[-1]), flush=True)

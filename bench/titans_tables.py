@@ -11,7 +11,7 @@ import re
 import statistics
 from pathlib import Path
 
-from titans_grid import BY_NAME, COLUMNS, PAPER_CHAIN, RUNS
+from titans_grid import BASELINES, BY_NAME, COLUMNS, DEFAULT_BASELINES, PAPER_CHAIN, RUNS
 
 
 def stats(results: dict, name: str, column: str) -> tuple[float, float, int]:
@@ -43,21 +43,29 @@ def params_cell(results: dict, name: str) -> str:
     return f"{params[0] / 1e6:.2f} M" if params else "—"
 
 
-def ratio_cell(results: dict, name: str, column: str, base: str = "transformer") -> str:
-    mean, _, n = stats(results, name, column)
-    ref, _, n_ref = stats(results, base, column)
-    return f"{mean / ref:.3f}" if n and n_ref and math.isfinite(mean) else "—"
+def ratio_cell(results: dict, name: str, column: str, base: str | None = "transformer") -> str:
+    """The run's perplexity over the base run's, paired by seed (the same seed is the same data order): the geometric
+    mean of the per-seed ratios, ± their sample standard deviation over two or more seeds."""
+    if base is None:
+        return "—"
+    ours = {seed: r[f"{column}_ppl"] for (n, seed), r in results.items() if n == name}
+    ratios = [ours[seed] / r[f"{column}_ppl"] for (n, seed), r in results.items() if n == base and seed in ours]
+    if not ratios or not all(map(math.isfinite, ratios)):
+        return "—"
+    mean = math.exp(statistics.fmean(map(math.log, ratios)))
+    return f"{mean:.3f} ± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else f"{mean:.3f}"
 
 
 def ablation_table(results: dict) -> str:
     head = "| row | override | params | val ppl (default corpus) | info ppl (held out) | × Transformer++ (info) |"
-    lines = [head + " paper ppl (Table 5) | finite |", "|" + "---|" * 8]
+    lines = [head + " × param-matched (info) | paper ppl (Table 5) | finite |", "|" + "---|" * 9]
     for run in (r for r in RUNS if r.group == "ablation"):
         override = ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in run.overrides.items()) or "preset"
         paper = f"{run.paper:.2f}" if run.paper else "—"
         lines.append(
             f"| {run.label} | {override} | {params_cell(results, run.name)} | {cell(results, run.name, 'val')} | "
-            f"{cell(results, run.name, 'info')} | {ratio_cell(results, run.name, 'info')} | {paper} | "
+            f"{cell(results, run.name, 'info')} | {ratio_cell(results, run.name, 'info')} | "
+            f"{ratio_cell(results, run.name, 'info', 'transformer-matched')} | {paper} | "
             f"{finite_cell(results, run.name)} |"
         )
     return "\n".join(lines)
@@ -90,15 +98,16 @@ def order_table(results: dict) -> str:
 
 
 def targeted_table(results: dict, group: str) -> str:
-    lines = ["| run | change | val ppl | info ppl | × Transformer++ (info) | finite | train s |", "|" + "---|" * 7]
+    head = "| run | change | val ppl | info ppl | × Transformer++ (info) | × param-matched (info) | finite | train s |"
+    lines, (plain, matched) = [head, "|" + "---|" * 8], BASELINES.get(group, DEFAULT_BASELINES)
     for run in (r for r in RUNS if r.group == group):
         seconds = [r["train_seconds"] for (n, _), r in results.items() if n == run.name]
         lines.append(
             f"| `{run.name}` | {run.label} | {cell(results, run.name, 'val')} | {cell(results, run.name, 'info')} | "
-            f"{ratio_cell(results, run.name, 'info')} | {finite_cell(results, run.name)} | "
-            f"{statistics.fmean(seconds):.0f} |"
+            f"{ratio_cell(results, run.name, 'info', plain)} | {ratio_cell(results, run.name, 'info', matched)} | "
+            f"{finite_cell(results, run.name)} | {statistics.fmean(seconds):.0f} |"
             if seconds
-            else f"| `{run.name}` | {run.label} | — | — | — | — | — |"
+            else f"| `{run.name}` | {run.label} | — | — | — | — | — | — |"
         )
     return "\n".join(lines)
 

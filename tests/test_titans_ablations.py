@@ -49,9 +49,16 @@ def test_ablation_table_mean_spread_and_ratio():
     )
     table = render(results)["ablations"]
     mac = row(table, "+MAC")
-    # mean and sample standard deviation over the two seeds: (150, 250) -> 200 ± 70.71
-    assert mac[3:8] == ["100.00 ± 14.14", "200.00 ± 70.71", "1.000", "26.67", "yes"]
+    # mean and sample standard deviation over the two seeds: (150, 250) -> 200 ± 70.71; paired by seed, the ratios
+    # to Transformer++ are 0.75 and 1.25: geometric mean sqrt(0.75 * 1.25) = 0.968, sample s.d. 0.354
+    assert mac[3:9] == ["100.00 ± 14.14", "200.00 ± 70.71", "0.968 ± 0.354", "—", "26.67", "yes"]
     assert row(table, "LMM")[3:6] == ["—", "—", "—"]  # no results yet
+
+
+def test_ratios_pair_seeds_and_skip_unpaired_ones():
+    results = results_of([fake("transformer", 1, 100.0, 100.0), fake("transformer", 2, 100.0, 300.0)])
+    results |= results_of([fake("mal", 2, 100.0, 240.0), fake("mal", 3, 100.0, 1.0)])  # seed 3: no baseline
+    assert row(render(results)["ablations"], "+MAL")[5] == "0.800"  # 240 / 300 (the ratio of means would be 0.6)
 
 
 def test_diverged_run_is_marked_not_averaged_away():
@@ -59,7 +66,7 @@ def test_diverged_run_is_marked_not_averaged_away():
     results |= results_of([fake("lmm-nopersistent", 1, 70.0, 80.0)])
     tables = render(results)
     lmm = row(tables["ablations"], "LMM")
-    assert lmm[3] == "NaN" and lmm[7] == "**no** (1/2 diverged)"
+    assert lmm[3] == "NaN" and lmm[8] == "**no** (1/2 diverged)"
     assert row(tables["ordering"], "LMM < No persistent memory")[2:4] == ["—", "—"]
 
 
@@ -78,9 +85,18 @@ def test_ordering_against_table_5():
 
 def test_targeted_table_has_every_run_of_the_group():
     results = results_of([fake("transformer", 1234, 100.0, 200.0), fake("mac-seg256", 1234, 90.0, 180.0)])
+    results |= results_of([fake("transformer-matched", 1234, 100.0, 150.0)])
     table = render(results)["mac"]
-    assert row(table, "`mac-seg256`")[1:7] == ["segment_len 256 (= seq_len)", "90.00", "180.00", "0.900", "yes", "100"]
+    seg256 = ["segment_len 256 (= seq_len)", "90.00", "180.00", "0.900", "1.200", "yes", "100"]
+    assert row(table, "`mac-seg256`")[1:8] == seg256
     assert len([r for r in RUNS if r.group == "mac"]) == sum(line.startswith("| `mac-") for line in table.splitlines())
+
+
+def test_long_runs_compare_with_the_matched_baseline_of_the_same_steps():
+    results = results_of([fake("transformer-matched-600", 1234, 50.0, 100.0), fake("mal-600", 1234, 45.0, 90.0)])
+    results |= results_of([fake("transformer-matched", 1234, 10.0, 10.0), fake("transformer", 1234, 10.0, 10.0)])
+    assert row(render(results)["long"], "`mal-600`")[4:6] == ["—", "0.900"]
+    assert {r.steps for r in RUNS if r.group == "long"} == {600}
 
 
 def test_fill_replaces_generated_blocks_and_keeps_the_prose():
@@ -117,10 +133,14 @@ def test_seeds_runs_only_those_seeds_and_reuses_a_finished_twin(tmp_path):
 def test_every_run_is_a_valid_config_and_targeted_runs_change_one_thing():
     for run in RUNS:
         assert ModelConfig(**resolved_config(run)).family == run.family
-    before = resolved_config(BY_NAME["mac-before"])
-    for run in (r for r in RUNS if r.group == "mac" and r.name not in ("mac-before", "mac-literal")):
-        changed = {k for k, v in resolved_config(run).items() if before[k] != v}
-        assert len(changed) == 1, (run.name, changed)
+        assert run.steps is None or type(run.steps) is int, run.name  # not a dict passed by position
+        assert run.paper is None or type(run.paper) is float, run.name
+    for group, before_run in [("mac", "mac-before"), ("mag", "mag"), ("mal", "mal"), ("lmm", "lmm")]:
+        before = resolved_config(BY_NAME[before_run])
+        for run in (r for r in RUNS if r.group == group and r.name not in ("mac-before", "mac-literal")):
+            changed = {k for k, v in resolved_config(run).items() if before[k] != v}
+            expected = 2 if run.name == "mac-np16-lr0.125" else 1  # the two best changes together
+            assert len(changed) == expected, (run.name, changed)
 
 
 @pytest.mark.parametrize("family", ["titans-mac", "titans-mag", "titans-lmm"])
