@@ -96,14 +96,8 @@ def train_and_evaluate(run: Run, seed: int, args: argparse.Namespace) -> dict:
     fit = ["fit", "--config", f"configs/pretrain/compare/{run.family}.yaml", "--trainer.default_root_dir", str(run_dir)]
     fit += ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
     fit += ["--trainer.num_sanity_val_steps", "0", "--checkpoint.every_n_train_steps", str(steps)]
-    fit += [
-        "--seed_everything",
-        str(seed),
-        "--data.seed",
-        str(seed),
-        "--model.overrides",
-        json.dumps(run.model_overrides),
-    ]
+    fit += ["--seed_everything", str(seed), "--data.seed", str(seed)]
+    fit += ["--model.overrides", json.dumps(run.model_overrides)]
     start = time.time()
     fit_rc = hope(*fit, log=log)
     seconds = time.time() - start

@@ -34,8 +34,8 @@ __all__ = ["PRESETS"]
 _DEBUG = {"vocab_size": 8192, "n_layer": 4, "n_head": 4, "n_embd": 128, "intermediate_size": 384, "max_seq_len": 1024}
 _SIZED = {"vocab_size": 32000, "max_seq_len": 4096}  # the Llama-2 vocabulary, 4K training length
 _TITANS_DEBUG = {"memory_depth": 2, "memory_expansion": 2, "memory_chunk_size": 16, "n_persistent": 4}
-# MAC, MAG and MAL at debug size read 16 persistent tokens (4 before issue 13): with 16, held-out perplexity fell on
-# both seeds for each hybrid (MAC -2.2/-0.5 %, MAG -5.2/-0.9 %, MAL +0.5/-4.0 %: docs/titans-ablations)
+# MAC, MAG and MAL at debug size read 16 persistent tokens (4 before issue 13): with 16, held-out perplexity per seed
+# MAC -2.2/-0.5 %, MAG -5.2/-0.9 %, MAL +0.5/-4.0 %, and -2.0/-1.4/-6.0 % on a third seed (docs/titans-ablations)
 _HYBRID_DEBUG = {**_TITANS_DEBUG, "n_persistent": 16}
 _TITANS = {"memory_depth": 2, "memory_expansion": 4, "memory_chunk_size": 64, "n_persistent": 4}
 _HOPE_DEBUG = {"hope_chunk_size": 16, "hope_memory_chunk_size": 16}
